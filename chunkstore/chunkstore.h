@@ -47,12 +47,14 @@ enum {
 /* A string for any code these functions return; never NULL, valid forever. */
 const char *cs_strerror(int err);
 
-/* A chunk id: BLAKE2b-256 of the chunk's 4096 bytes (a short tail is zero-padded first). */
+/* A chunk id: BLAKE2b-256 of the chunk's 4096 bytes (a short tail is zero-padded first).
+ * The all-zero chunk is the exception: its id is 32 zero bytes (a value BLAKE2b does not yield
+ * in practice), so a zero-filled array of ids stands for zero chunks. */
 typedef struct cs_id {
     uint8_t b[CS_ID_BYTES];
 } cs_id;
 
-/* The id of the all-zero chunk. It is never stored and never sent. */
+/* The id of the all-zero chunk (32 zero bytes). That chunk is never stored and never sent. */
 extern const cs_id cs_zero_id;
 
 void cs_chunk_id(const void *chunk, cs_id *out);
@@ -213,7 +215,6 @@ typedef struct cs_stats {
     uint64_t chunks;         /* distinct non-zero chunks held */
     uint64_t logical_bytes;  /* chunks * CS_CHUNK_SIZE */
     uint64_t stored_bytes;   /* compressed payload bytes of all segments, live or not */
-    uint64_t live_stored_bytes; /* share of stored_bytes that belongs to held chunks */
     uint64_t segments;
     uint64_t manifests;
     uint64_t pinned;

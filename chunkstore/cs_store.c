@@ -1,0 +1,659 @@
+/*
+ * cs_store.c — opening the store, transactions, and the chunk operations (put, get, has).
+ *
+ * Design notes:
+ * - Every change is one LMDB write transaction; LMDB's copy-on-write B-trees and meta-page
+ *   flip make each commit atomic and durable, so a store killed at any instant reopens in the
+ *   state of its last commit, with no index entry pointing at a segment that was not written.
+ * - put does the CPU work (hashing, the duplicate check in a read transaction, compression)
+ *   before it takes LMDB's single write lock, so callers on several threads overlap that work
+ *   and queue only for the short write. A chunk that another writer stored in between is left
+ *   as a dead slot in its segment (GC reclaims it).
+ * - The map grows by itself: a write that hits MDB_MAP_FULL is aborted, the map is enlarged
+ *   while no transaction of this process is open (the map lock), and the write runs again.
+ *   Another process that grew the map shows up as MDB_MAP_RESIZED at begin, handled likewise.
+ */
+#define _GNU_SOURCE
+#include "cs_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- transactions and the map ---------------------------------------------------------------- */
+
+static int grow_map(cs_store *st, size_t need_at_least)
+{
+    pthread_rwlock_wrlock(&st->maplock);
+    MDB_envinfo info;
+    mdb_env_info(st->env, &info);
+    size_t cur = info.me_mapsize;
+    size_t step = cur < (64u << 20) ? (64u << 20) : cur;
+    if (step > (16ull << 30)) step = 16ull << 30;
+    size_t next = cur + step;
+    if (next < need_at_least) next = need_at_least;
+    int rc = cs__lmdb_err(mdb_env_set_mapsize(st->env, next));
+    pthread_rwlock_unlock(&st->maplock);
+    return rc;
+}
+
+int cs__txn_begin(cs_store *st, bool write, MDB_txn **txn)
+{
+    if (write && st->readonly) return -EROFS;
+    for (;;) {
+        pthread_rwlock_rdlock(&st->maplock);
+        int rc = mdb_txn_begin(st->env, NULL, write ? 0 : MDB_RDONLY, txn);
+        if (rc == 0) return 0;
+        pthread_rwlock_unlock(&st->maplock);
+        if (rc != MDB_MAP_RESIZED) return cs__lmdb_err(rc);
+        /* Another process grew the map: adopt its size (0 = the size in the meta page). */
+        pthread_rwlock_wrlock(&st->maplock);
+        rc = mdb_env_set_mapsize(st->env, 0);
+        pthread_rwlock_unlock(&st->maplock);
+        if (rc) return cs__lmdb_err(rc);
+    }
+}
+
+void cs__txn_abort(cs_store *st, MDB_txn *txn)
+{
+    mdb_txn_abort(txn);
+    pthread_rwlock_unlock(&st->maplock);
+}
+
+int cs__txn_commit(cs_store *st, MDB_txn *txn)
+{
+    int rc = mdb_txn_commit(txn);
+    pthread_rwlock_unlock(&st->maplock);
+    return rc;
+}
+
+int cs__write(cs_store *st, int (*body)(cs_store *st, MDB_txn *txn, void *arg), void *arg)
+{
+    for (;;) {
+        MDB_txn *txn;
+        int rc = cs__txn_begin(st, true, &txn);
+        if (rc) return rc;
+        rc = body(st, txn, arg);
+        if (rc == 0) {
+            rc = cs__txn_commit(st, txn); /* raw LMDB code */
+            if (rc == MDB_MAP_FULL) goto grow;
+            return cs__lmdb_err(rc);
+        }
+        cs__txn_abort(st, txn);
+        if (rc != MDB_MAP_FULL) return rc > 0 ? cs__lmdb_err(rc) : rc;
+    grow:
+        rc = grow_map(st, 0);
+        if (rc) return rc;
+    }
+}
+
+int cs__body_err(int rc)
+{
+    return rc == MDB_MAP_FULL ? rc : cs__lmdb_err(rc);
+}
+
+/* ---- meta counters ------------------------------------------------------------------------- */
+
+int cs__meta_get(MDB_txn *txn, cs_store *st, const char *key, uint64_t *val)
+{
+    MDB_val k = {strlen(key), (void *)key}, v;
+    int rc = mdb_get(txn, st->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        *val = 0;
+        return 0;
+    }
+    if (rc) return cs__lmdb_err(rc);
+    if (v.mv_size != sizeof *val) return CS_ECORRUPT;
+    memcpy(val, v.mv_data, sizeof *val);
+    return 0;
+}
+
+int cs__meta_set(MDB_txn *txn, cs_store *st, const char *key, uint64_t val)
+{
+    MDB_val k = {strlen(key), (void *)key}, v = {sizeof val, &val};
+    return cs__body_err(mdb_put(txn, st->meta, &k, &v, 0));
+}
+
+/* ---- zstd context pool --------------------------------------------------------------------- */
+
+ZSTD_CCtx *cs__cctx_get(cs_store *st)
+{
+    ZSTD_CCtx *c = NULL;
+    pthread_mutex_lock(&st->ctx_mu);
+    if (st->ncctx) c = st->cctx[--st->ncctx];
+    pthread_mutex_unlock(&st->ctx_mu);
+    if (!c) {
+        c = ZSTD_createCCtx();
+        if (!c) return NULL;
+        ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, CS__ZSTD_LEVEL);
+        ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 1);
+        ZSTD_CCtx_setParameter(c, ZSTD_c_contentSizeFlag, 1);
+    }
+    return c;
+}
+
+void cs__cctx_put(cs_store *st, ZSTD_CCtx *c)
+{
+    pthread_mutex_lock(&st->ctx_mu);
+    if (st->ncctx < 4) st->cctx[st->ncctx++] = c, c = NULL;
+    pthread_mutex_unlock(&st->ctx_mu);
+    ZSTD_freeCCtx(c);
+}
+
+ZSTD_DCtx *cs__dctx_get(cs_store *st)
+{
+    ZSTD_DCtx *d = NULL;
+    pthread_mutex_lock(&st->ctx_mu);
+    if (st->ndctx) d = st->dctx[--st->ndctx];
+    pthread_mutex_unlock(&st->ctx_mu);
+    return d ? d : ZSTD_createDCtx();
+}
+
+void cs__dctx_put(cs_store *st, ZSTD_DCtx *d)
+{
+    pthread_mutex_lock(&st->ctx_mu);
+    if (st->ndctx < 4) st->dctx[st->ndctx++] = d, d = NULL;
+    pthread_mutex_unlock(&st->ctx_mu);
+    ZSTD_freeDCtx(d);
+}
+
+/* ---- open / close -------------------------------------------------------------------------- */
+
+static int init_body(cs_store *st, MDB_txn *txn, void *arg)
+{
+    (void)arg;
+    struct {
+        MDB_dbi *dbi;
+        const char *name;
+        unsigned flags;
+    } dbs[] = {
+        {&st->idx, "idx", 0},           {&st->segs, "segs", MDB_INTEGERKEY},
+        {&st->manifests, "manifests", 0}, {&st->pins, "pins", 0},
+        {&st->names, "names", 0},       {&st->meta, "meta", 0},
+    };
+    for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
+        int rc = mdb_dbi_open(txn, dbs[i].name, dbs[i].flags | MDB_CREATE, dbs[i].dbi);
+        if (rc) return cs__body_err(rc);
+    }
+    uint64_t version;
+    int rc = cs__meta_get(txn, st, "format", &version);
+    if (rc) return rc;
+    if (version == 0) return cs__meta_set(txn, st, "format", CS__FORMAT_VERSION);
+    return version == CS__FORMAT_VERSION ? 0 : CS_EVERSION;
+}
+
+static int open_dbs_readonly(cs_store *st)
+{
+    MDB_txn *txn;
+    int rc = cs__txn_begin(st, false, &txn);
+    if (rc) return rc;
+    struct {
+        MDB_dbi *dbi;
+        const char *name;
+        unsigned flags;
+    } dbs[] = {
+        {&st->idx, "idx", 0},           {&st->segs, "segs", MDB_INTEGERKEY},
+        {&st->manifests, "manifests", 0}, {&st->pins, "pins", 0},
+        {&st->names, "names", 0},       {&st->meta, "meta", 0},
+    };
+    for (size_t i = 0; i < sizeof dbs / sizeof dbs[0] && !rc; i++)
+        rc = cs__lmdb_err(mdb_dbi_open(txn, dbs[i].name, dbs[i].flags, dbs[i].dbi));
+    uint64_t version = 0;
+    if (!rc) rc = cs__meta_get(txn, st, "format", &version);
+    if (!rc && version != CS__FORMAT_VERSION) rc = CS_EVERSION;
+    if (rc) {
+        cs__txn_abort(st, txn);
+        return rc == CS_ENOTFOUND ? CS_EFORMAT : rc;
+    }
+    return cs__lmdb_err(cs__txn_commit(st, txn)); /* keeps the dbi handles */
+}
+
+int cs_open(const char *dir, unsigned flags, cs_store **out)
+{
+    bool readonly = flags & CS_OPEN_READONLY;
+    if (flags & CS_OPEN_CREATE && !readonly) {
+        if (mkdir(dir, 0700) != 0 && errno != EEXIST) return -errno;
+    }
+    char *data = NULL;
+    if (asprintf(&data, "%s/data.mdb", dir) < 0) return -ENOMEM;
+    struct stat sb;
+    int exists = stat(data, &sb) == 0;
+    free(data);
+    if (!exists && !(flags & CS_OPEN_CREATE)) return CS_ENOTFOUND;
+
+    cs_store *st = calloc(1, sizeof *st);
+    if (!st) return -ENOMEM;
+    st->readonly = readonly;
+    st->ingest_fd = -1;
+    pthread_rwlock_init(&st->maplock, NULL);
+    pthread_mutex_init(&st->ingest_mu, NULL);
+    pthread_mutex_init(&st->ctx_mu, NULL);
+    int rc = -ENOMEM;
+    if (!(st->dir = strdup(dir))) goto fail;
+    if ((rc = cs__lmdb_err(mdb_env_create(&st->env)))) goto fail;
+    mdb_env_set_maxdbs(st->env, 8);
+    mdb_env_set_maxreaders(st->env, 254);
+    /* MDB_NOTLS: read transactions are not tied to threads (worker pools hand work around). */
+    rc = mdb_env_open(st->env, dir, MDB_NOTLS | (readonly ? MDB_RDONLY : 0), 0600);
+    if (rc) {
+        rc = cs__lmdb_err(rc);
+        goto fail;
+    }
+    if (!readonly) {
+        MDB_envinfo info;
+        mdb_env_info(st->env, &info);
+        if (info.me_mapsize < CS__MAP_INITIAL &&
+            (rc = cs__lmdb_err(mdb_env_set_mapsize(st->env, CS__MAP_INITIAL))))
+            goto fail;
+        rc = cs__write(st, init_body, NULL);
+    } else {
+        rc = open_dbs_readonly(st);
+    }
+    if (rc) goto fail;
+    *out = st;
+    return 0;
+fail:
+    cs_close(st);
+    return rc;
+}
+
+void cs_close(cs_store *st)
+{
+    if (!st) return;
+    if (st->env) mdb_env_close(st->env);
+    if (st->ingest_fd >= 0) close(st->ingest_fd);
+    for (unsigned i = 0; i < st->ncctx; i++) ZSTD_freeCCtx(st->cctx[i]);
+    for (unsigned i = 0; i < st->ndctx; i++) ZSTD_freeDCtx(st->dctx[i]);
+    pthread_rwlock_destroy(&st->maplock);
+    pthread_mutex_destroy(&st->ingest_mu);
+    pthread_mutex_destroy(&st->ctx_mu);
+    free(st->dir);
+    free(st);
+}
+
+/* ---- the ingest lock ----------------------------------------------------------------------- */
+
+int cs_ingest_begin(cs_store *st)
+{
+    if (st->readonly) return -EROFS;
+    int rc = 0;
+    pthread_mutex_lock(&st->ingest_mu);
+    if (st->ingest_depth == 0) {
+        char *path = NULL;
+        if (asprintf(&path, "%s/gc.lock", st->dir) < 0) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        free(path);
+        if (fd < 0) {
+            rc = -errno;
+            goto out;
+        }
+        while (flock(fd, LOCK_SH) != 0) {
+            if (errno != EINTR) {
+                rc = -errno;
+                close(fd);
+                goto out;
+            }
+        }
+        st->ingest_fd = fd;
+    }
+    st->ingest_depth++;
+out:
+    pthread_mutex_unlock(&st->ingest_mu);
+    return rc;
+}
+
+void cs_ingest_end(cs_store *st)
+{
+    pthread_mutex_lock(&st->ingest_mu);
+    if (st->ingest_depth && --st->ingest_depth == 0) {
+        close(st->ingest_fd); /* releases the flock */
+        st->ingest_fd = -1;
+    }
+    pthread_mutex_unlock(&st->ingest_mu);
+}
+
+/* ---- put ------------------------------------------------------------------------------------- */
+
+struct put_job {
+    const uint8_t *chunks;
+    const cs_id *ids;
+    size_t nnew;      /* chunks to store, in order */
+    size_t *newidx;   /* their indexes in chunks[] */
+    uint8_t **segbuf; /* encoded segments */
+    size_t *seglen;
+    size_t nsegs;
+    uint64_t added, dup_late, stored_bytes;
+};
+
+static int cmp_idx_by_id(const void *a, const void *b, void *arg)
+{
+    const cs_id *ids = arg;
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    int c = memcmp(ids[x].b, ids[y].b, CS_ID_BYTES);
+    return c ? c : (x > y) - (x < y);
+}
+
+int cs__seg_store(cs_store *st, MDB_txn *txn, const uint8_t *const *segbufs,
+                  const size_t *seglens, size_t nsegs, uint64_t *first_seg)
+{
+    uint64_t next;
+    int rc = cs__meta_get(txn, st, "next_seg", &next);
+    if (rc) return rc;
+    if (next == 0) next = 1; /* segment 0 is never used: loc 0 means absent */
+    *first_seg = next;
+    for (size_t s = 0; s < nsegs; s++) {
+        size_t key = (size_t)(next + s);
+        MDB_val k = {sizeof key, &key}, v = {seglens[s], (void *)segbufs[s]};
+        if ((rc = mdb_put(txn, st->segs, &k, &v, MDB_APPEND))) return cs__body_err(rc);
+    }
+    return cs__meta_set(txn, st, "next_seg", next + nsegs);
+}
+
+static int put_body(cs_store *st, MDB_txn *txn, void *arg)
+{
+    struct put_job *job = arg;
+    job->added = job->dup_late = 0;
+    uint64_t first;
+    int rc = cs__seg_store(st, txn, (const uint8_t *const *)job->segbuf, job->seglen, job->nsegs,
+                           &first);
+    if (rc) return rc;
+    for (size_t j = 0; j < job->nnew; j++) {
+        const cs_id *id = &job->ids[job->newidx[j]];
+        MDB_val k = {CS_ID_BYTES, (void *)id->b}, v;
+        cs__idx_val val = {CS__LOC(first + j / CS__SEG_SLOTS, j % CS__SEG_SLOTS), 0};
+        rc = mdb_get(txn, st->idx, &k, &v);
+        if (rc == 0) {
+            cs__idx_val old;
+            if (v.mv_size != sizeof old) return CS_ECORRUPT;
+            memcpy(&old, v.mv_data, sizeof old);
+            if (old.loc != 0) { /* stored by another writer since our check */
+                job->dup_late++;
+                continue;
+            }
+            val.refs = old.refs; /* a manifest named it before it arrived */
+        } else if (rc != MDB_NOTFOUND) {
+            return cs__body_err(rc);
+        }
+        v.mv_size = sizeof val, v.mv_data = &val;
+        if ((rc = mdb_put(txn, st->idx, &k, &v, 0))) return cs__body_err(rc);
+        job->added++;
+    }
+    return 0;
+}
+
+int cs_put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
+           size_t *bad, cs_put_stats *stats)
+{
+    if (st->readonly) return -EROFS;
+    if (n == 0) return 0;
+    const uint8_t *data = chunks;
+    cs_id *ids = ids_out ? ids_out : malloc(n * sizeof *ids);
+    size_t *order = malloc(n * sizeof *order);
+    struct put_job job = {.chunks = data, .ids = ids};
+    job.newidx = malloc(n * sizeof *job.newidx);
+    size_t maxsegs = (n + CS__SEG_SLOTS - 1) / CS__SEG_SLOTS;
+    job.segbuf = calloc(maxsegs, sizeof *job.segbuf);
+    job.seglen = calloc(maxsegs, sizeof *job.seglen);
+    uint8_t *staging = NULL;
+    ZSTD_CCtx *cctx = NULL;
+    uint64_t zero = 0, dup = 0;
+    int rc = -ENOMEM;
+    if (!ids || !order || !job.newidx || !job.segbuf || !job.seglen) goto out;
+
+    /* 1. Hash, and check what the caller promised. */
+    for (size_t i = 0; i < n; i++) {
+        cs_chunk_id(data + i * CS_CHUNK_SIZE, &ids[i]);
+        if (expect && !cs_id_equal(&ids[i], &expect[i])) {
+            if (bad) *bad = i;
+            rc = CS_ECORRUPT;
+            goto out;
+        }
+    }
+
+    /* 2. Drop zero chunks, repeats within the batch, and chunks already held. */
+    size_t nz = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (cs_id_is_zero(&ids[i])) zero++;
+        else order[nz++] = i;
+    }
+    qsort_r(order, nz, sizeof *order, cmp_idx_by_id, ids);
+    MDB_txn *rtxn;
+    if ((rc = cs__txn_begin(st, false, &rtxn))) goto out;
+    uint8_t *isnew = calloc(n, 1);
+    if (!isnew) {
+        cs__txn_abort(st, rtxn);
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t j = 0; j < nz; j++) {
+        size_t i = order[j];
+        if (j > 0 && cs_id_equal(&ids[i], &ids[order[j - 1]])) {
+            dup++;
+            continue;
+        }
+        MDB_val k = {CS_ID_BYTES, ids[i].b}, v;
+        int r = mdb_get(rtxn, st->idx, &k, &v);
+        cs__idx_val val = {0, 0};
+        if (r == 0 && v.mv_size == sizeof val) memcpy(&val, v.mv_data, sizeof val);
+        else if (r != 0 && r != MDB_NOTFOUND) {
+            free(isnew);
+            cs__txn_abort(st, rtxn);
+            rc = cs__lmdb_err(r);
+            goto out;
+        }
+        if (val.loc) dup++;
+        else isnew[i] = 1;
+    }
+    cs__txn_abort(st, rtxn);
+    /* Keep the caller's order: it is the order chunks are read back in, and the order that
+     * compresses best (neighbouring chunks of one image). */
+    for (size_t i = 0; i < n; i++)
+        if (isnew[i]) job.newidx[job.nnew++] = i;
+    free(isnew);
+
+    /* 3. Compress, outside any transaction. */
+    if (job.nnew) {
+        staging = malloc(CS__SEG_SLOTS * CS_CHUNK_SIZE);
+        cctx = cs__cctx_get(st);
+        if (!staging || !cctx) goto out;
+    }
+    for (size_t j = 0; j < job.nnew; j += CS__SEG_SLOTS) {
+        unsigned k = (unsigned)(job.nnew - j < CS__SEG_SLOTS ? job.nnew - j : CS__SEG_SLOTS);
+        for (unsigned s = 0; s < k; s++)
+            memcpy(staging + (size_t)s * CS_CHUNK_SIZE,
+                   data + job.newidx[j + s] * CS_CHUNK_SIZE, CS_CHUNK_SIZE);
+        size_t sidx = job.nsegs;
+        if (!(job.segbuf[sidx] = malloc(CS__SEG_MAX))) goto out;
+        job.nsegs++;
+        if ((rc = cs__seg_encode(cctx, staging, k, job.segbuf[sidx], &job.seglen[sidx])))
+            goto out;
+        job.stored_bytes += job.seglen[sidx];
+    }
+
+    /* 4. Write. */
+    rc = job.nnew ? cs__write(st, put_body, &job) : 0;
+    if (rc == 0 && stats) {
+        stats->chunks += n;
+        stats->zero += zero;
+        stats->dup += dup + job.dup_late;
+        stats->added += job.added;
+        stats->stored_bytes += job.stored_bytes;
+    }
+out:
+    if (cctx) cs__cctx_put(st, cctx);
+    free(staging);
+    if (job.segbuf)
+        for (size_t s = 0; s < job.nsegs; s++) free(job.segbuf[s]);
+    free(job.segbuf);
+    free(job.seglen);
+    free(job.newidx);
+    free(order);
+    if (ids != ids_out) free(ids);
+    return rc;
+}
+
+/* ---- get / has ------------------------------------------------------------------------------- */
+
+struct get_ref {
+    uint64_t loc;
+    size_t i;
+};
+
+static int cmp_ref(const void *a, const void *b)
+{
+    const struct get_ref *x = a, *y = b;
+    return (x->loc > y->loc) - (x->loc < y->loc);
+}
+
+int cs_get(cs_store *st, const cs_id *ids, size_t n, void *out, size_t *bad)
+{
+    uint8_t *dst = out;
+    struct get_ref *refs = malloc((n ? n : 1) * sizeof *refs);
+    uint8_t *segbuf = malloc(CS__SEG_SLOTS * CS_CHUNK_SIZE);
+    ZSTD_DCtx *dctx = cs__dctx_get(st);
+    size_t nref = 0;
+    int rc = -ENOMEM;
+    if (!refs || !segbuf || !dctx) goto out;
+
+    MDB_txn *txn;
+    if ((rc = cs__txn_begin(st, false, &txn))) goto out;
+    for (size_t i = 0; i < n; i++) {
+        if (cs_id_is_zero(&ids[i])) {
+            memset(dst + i * CS_CHUNK_SIZE, 0, CS_CHUNK_SIZE);
+            continue;
+        }
+        MDB_val k = {CS_ID_BYTES, (void *)ids[i].b}, v;
+        int r = mdb_get(txn, st->idx, &k, &v);
+        cs__idx_val val = {0, 0};
+        if (r == 0 && v.mv_size == sizeof val) memcpy(&val, v.mv_data, sizeof val);
+        else if (r == 0) r = MDB_CORRUPTED;
+        if (r != 0 || val.loc == 0) {
+            rc = r && r != MDB_NOTFOUND ? cs__lmdb_err(r) : CS_ENOTFOUND;
+            if (bad) *bad = i;
+            cs__txn_abort(st, txn);
+            goto out;
+        }
+        refs[nref++] = (struct get_ref){val.loc, i};
+    }
+    /* One decompression per segment, in segment order. */
+    qsort(refs, nref, sizeof *refs, cmp_ref);
+    for (size_t j = 0; j < nref;) {
+        size_t seg = (size_t)CS__LOC_SEG(refs[j].loc);
+        MDB_val k = {sizeof seg, &seg}, v;
+        unsigned nslots = 0;
+        int r = mdb_get(txn, st->segs, &k, &v);
+        rc = r == 0 ? cs__seg_decode(dctx, v.mv_data, v.mv_size, segbuf, &nslots)
+                    : (r == MDB_NOTFOUND ? CS_ECORRUPT : cs__lmdb_err(r));
+        for (; j < nref && CS__LOC_SEG(refs[j].loc) == seg; j++) {
+            unsigned slot = CS__LOC_SLOT(refs[j].loc);
+            if (rc == 0 && slot >= nslots) rc = CS_ECORRUPT;
+            if (rc) {
+                if (bad) *bad = refs[j].i;
+                cs__txn_abort(st, txn);
+                goto out;
+            }
+            memcpy(dst + refs[j].i * CS_CHUNK_SIZE, segbuf + (size_t)slot * CS_CHUNK_SIZE,
+                   CS_CHUNK_SIZE);
+        }
+    }
+    cs__txn_abort(st, txn);
+    /* Never serve bytes that do not match their name. */
+    for (size_t j = 0; j < nref; j++) {
+        cs_id got;
+        size_t i = refs[j].i;
+        cs_chunk_id(dst + i * CS_CHUNK_SIZE, &got);
+        if (!cs_id_equal(&got, &ids[i])) {
+            if (bad) *bad = i;
+            rc = CS_ECORRUPT;
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    if (dctx) cs__dctx_put(st, dctx);
+    free(segbuf);
+    free(refs);
+    return rc;
+}
+
+int64_t cs_has(cs_store *st, const cs_id *ids, size_t n, uint8_t *bitmap)
+{
+    MDB_txn *txn;
+    int rc = cs__txn_begin(st, false, &txn);
+    if (rc) return rc;
+    memset(bitmap, 0, (n + 7) / 8);
+    int64_t held = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool have = cs_id_is_zero(&ids[i]);
+        if (!have) {
+            MDB_val k = {CS_ID_BYTES, (void *)ids[i].b}, v;
+            int r = mdb_get(txn, st->idx, &k, &v);
+            if (r && r != MDB_NOTFOUND) {
+                cs__txn_abort(st, txn);
+                return cs__lmdb_err(r);
+            }
+            cs__idx_val val = {0, 0};
+            if (r == 0 && v.mv_size == sizeof val) memcpy(&val, v.mv_data, sizeof val);
+            have = val.loc != 0;
+        }
+        if (have) {
+            bitmap[i / 8] |= (uint8_t)(1u << (i % 8));
+            held++;
+        }
+    }
+    cs__txn_abort(st, txn);
+    return held;
+}
+
+int cs__debug_chunk_file_offset(cs_store *st, const cs_id *id, uint64_t *offset, size_t *len)
+{
+    MDB_txn *txn;
+    int rc = cs__txn_begin(st, false, &txn);
+    if (rc) return rc;
+    MDB_val k = {CS_ID_BYTES, (void *)id->b}, v;
+    cs__idx_val val = {0, 0};
+    rc = mdb_get(txn, st->idx, &k, &v);
+    if (rc == 0) {
+        memcpy(&val, v.mv_data, sizeof val);
+        size_t seg = (size_t)CS__LOC_SEG(val.loc);
+        MDB_val sk = {sizeof seg, &seg};
+        rc = mdb_get(txn, st->segs, &sk, &v);
+    }
+    uint8_t *copy = NULL;
+    size_t clen = 0;
+    if (rc == 0 && (copy = malloc(v.mv_size))) memcpy(copy, v.mv_data, clen = v.mv_size);
+    cs__txn_abort(st, txn);
+    if (rc) return cs__lmdb_err(rc);
+    if (!copy) return -ENOMEM;
+    /* LMDB does not expose its map's base address: find the value's bytes in the file. */
+    char *path = NULL;
+    rc = CS_ENOTFOUND;
+    FILE *f = asprintf(&path, "%s/data.mdb", st->dir) < 0 ? NULL : fopen(path, "rb");
+    free(path);
+    if (f) {
+        fseek(f, 0, SEEK_END);
+        long size = ftell(f);
+        uint8_t *file = size > 0 ? malloc((size_t)size) : NULL;
+        rewind(f);
+        if (file && fread(file, 1, (size_t)size, f) == (size_t)size) {
+            const uint8_t *at = memmem(file, (size_t)size, copy, clen);
+            if (at) {
+                *offset = (uint64_t)(at - file);
+                *len = clen;
+                rc = 0;
+            }
+        }
+        free(file);
+        fclose(f);
+    }
+    free(copy);
+    return rc;
+}
