@@ -181,8 +181,9 @@ void cs_manifest_id(const uint8_t *buf, size_t len, cs_id *id);
 /*
  * Stores an encoded manifest (decoded and checked first) and takes a reference on every chunk it
  * names explicitly. Its parent, if any, must already be stored (else CS_EMISSING). Storing a
- * manifest that is already there changes nothing. With pin, the manifest is also pinned (pins
- * count). The chunks need not all be present yet: cs_manifest_missing tells which are not.
+ * manifest that is already there changes nothing. With pin, the manifest is pinned if it was
+ * not (its pin count becomes at least 1). The chunks need not all be present yet: the index
+ * records the ids it names, and cs_has tells which are held.
  */
 int cs_manifest_put(cs_store *st, const uint8_t *buf, size_t len, bool pin, cs_id *id) CS_WUR;
 /* Loads a manifest by id, decoded and, for a derived one, resolved through all its parents. */
@@ -208,6 +209,32 @@ int cs_manifest_list(cs_store *st, int (*fn)(const cs_manifest_info *info, void 
 int cs_name_set(cs_store *st, const char *name, const cs_id *id) CS_WUR;
 int cs_name_get(cs_store *st, const char *name, cs_id *id) CS_WUR;
 int cs_name_del(cs_store *st, const char *name) CS_WUR;
+
+/* ---- files ------------------------------------------------------------------------------------ */
+
+/* Progress reports: done and total in bytes (or chunks, as each function says). Called from any
+ * of the function's threads, one call at a time. */
+typedef void (*cs_progress_fn)(uint64_t done, uint64_t total, void *arg);
+
+/*
+ * Chunks the first im->length bytes of fd (a regular file or block device, read with pread)
+ * into the store and fills im->chunks. Holes (SEEK_DATA/SEEK_HOLE) and all-zero blocks become
+ * zero chunks without being stored; a short tail is zero-padded. threads (0 = 2) workers hash
+ * and compress in parallel. The caller holds cs_ingest_begin() until the manifest naming
+ * these chunks is stored. stats (may be NULL) is added to.
+ */
+int cs_image_import_fd(cs_store *st, int fd, cs_image *im, unsigned threads,
+                       cs_progress_fn progress, void *arg, cs_put_stats *stats) CS_WUR;
+
+/*
+ * Writes an image (its chunks must be resolved) to fd: exactly im->length bytes. A seekable
+ * regular file is written sparse (zero chunks stay holes; the file is truncated to the length
+ * first); anything else is written sequentially. Every chunk is verified on the way
+ * (CS_ECORRUPT names a damaged chunk, CS_ENOTFOUND one the store lacks, with *bad set to its
+ * position when bad is not NULL).
+ */
+int cs_image_export_fd(cs_store *st, const cs_image *im, int fd, cs_progress_fn progress,
+                       void *arg, uint64_t *bad) CS_WUR;
 
 /* ---- maintenance --------------------------------------------------------------------------- */
 

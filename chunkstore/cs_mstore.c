@@ -102,7 +102,9 @@ static int mput_body(cs_store *st, MDB_txn *txn, void *arg)
         if ((rc = mdb_put(txn, st->manifests, &k, &v, 0))) return cs__body_err(rc);
         if ((rc = cs__manifest_refs(st, txn, j->m, +1))) return rc;
     }
-    return j->pin ? pins_add(txn, st, &j->id, +1) : 0;
+    uint64_t pins = 0;
+    if (j->pin && (rc = pins_get(txn, st, &j->id, &pins))) return rc;
+    return j->pin && pins == 0 ? pins_add(txn, st, &j->id, +1) : 0;
 }
 
 int cs_manifest_put(cs_store *st, const uint8_t *buf, size_t len, bool pin, cs_id *id)

@@ -1,0 +1,175 @@
+/* common.c — what every `cloudlet` subcommand shares: options, the home, errors, output. */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+void cli_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "cloudlet %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+int cli_usage_error(const char *usage, const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "cloudlet %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n\n%s", usage);
+    va_end(ap);
+    return CLI_USAGE;
+}
+
+int cli_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts,
+               const char *usage, cli_common *common)
+{
+    opterr = 0;
+    for (;;) {
+        int prev = optind;
+        int c = getopt_long(argc, argv, shortopts, longopts, NULL);
+        switch (c) {
+        case CLI_OPT_HOME: common->home = optarg; continue;
+        case CLI_OPT_JSON: common->json = true; continue;
+        case CLI_OPT_HELP:
+            fputs(usage, stdout);
+            exit(CLI_OK);
+        case '?': {
+            const char *bad = prev < argc ? argv[prev] : "?";
+            if (optopt && strchr(shortopts, optopt))
+                cli_usage_error(usage, argv[0], "option -%c needs a value", optopt);
+            else if (optopt)
+                cli_usage_error(usage, argv[0], "unknown option -%c", optopt);
+            else
+                cli_usage_error(usage, argv[0], "unknown option or missing value: %s", bad);
+            return '?';
+        }
+        default: return c;
+        }
+    }
+}
+
+char *cli_home(const cli_common *common)
+{
+    const char *env = getenv("CLOUDLET_HOME");
+    char *home = NULL;
+    if (common->home && *common->home) home = strdup(common->home);
+    else if (env && *env) home = strdup(env);
+    else if (geteuid() == 0) home = strdup("/var/lib/cloudlet");
+    else {
+        const char *xdg = getenv("XDG_DATA_HOME"), *h = getenv("HOME");
+        if (xdg && *xdg) {
+            if (asprintf(&home, "%s/cloudlet", xdg) < 0) home = NULL;
+        } else if (asprintf(&home, "%s/.local/share/cloudlet", h ? h : ".") < 0) {
+            home = NULL;
+        }
+    }
+    if (!home) {
+        perror("cloudlet");
+        exit(CLI_FAIL);
+    }
+    return home;
+}
+
+cs_store *cli_open_store(const char *cmd, const cli_common *common, bool write)
+{
+    char *home = cli_home(common), *path = NULL;
+    if (asprintf(&path, "%s/store", home) < 0) {
+        perror("cloudlet");
+        exit(CLI_FAIL);
+    }
+    cs_store *st = NULL;
+    int rc = cs_open(path, write ? 0 : CS_OPEN_READONLY, &st);
+    if (rc == CS_ENOTFOUND)
+        cli_error(cmd, "no node home at %s (create it with `cloudlet init --home %s`)", home, home);
+    else if (rc)
+        cli_error(cmd, "cannot open the store at %s: %s", path, cs_strerror(rc));
+    free(path);
+    free(home);
+    return st;
+}
+
+bool cli_resolve_id(const char *cmd, cs_store *st, const char *arg, cs_id *id)
+{
+    if (cs_id_from_hex(arg, id) == 0) return true;
+    int rc = cs_name_get(st, arg, id);
+    if (rc == 0) return true;
+    if (rc == CS_ENOTFOUND || rc == CS_EFORMAT)
+        cli_error(cmd, "%s is neither a 64-digit id nor a known name", arg);
+    else
+        cli_error(cmd, "cannot look up %s: %s", arg, cs_strerror(rc));
+    return false;
+}
+
+const char *cli_bytes(uint64_t n, char buf[32])
+{
+    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = (double)n;
+    unsigned u = 0;
+    while (v >= 1024 && u < 5) v /= 1024, u++;
+    if (u == 0) snprintf(buf, 32, "%llu B", (unsigned long long)n);
+    else snprintf(buf, 32, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+void cli_json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+/* ---- progress -------------------------------------------------------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void cli_progress_init(cli_progress *p, const char *label)
+{
+    p->enabled = isatty(STDERR_FILENO);
+    p->shown = false;
+    p->label = label;
+    p->start = p->last = now_s();
+}
+
+void cli_progress_update(uint64_t done, uint64_t total, void *arg)
+{
+    cli_progress *p = arg;
+    if (!p->enabled) return;
+    double t = now_s();
+    if (t - p->last < 0.1 && done < total) return;
+    p->last = t;
+    double rate = t > p->start ? (double)done / (t - p->start) : 0;
+    char d[32], tt[32], r[32], eta[32] = "--:--";
+    if (rate > 0 && total >= done) {
+        unsigned long s = (unsigned long)((double)(total - done) / rate);
+        snprintf(eta, sizeof eta, "%lu:%02lu", s / 60, s % 60);
+    }
+    fprintf(stderr, "\r\033[K%s %s / %s  %s/s  ETA %s", p->label, cli_bytes(done, d),
+            cli_bytes(total, tt), cli_bytes((uint64_t)rate, r), eta);
+    p->shown = true;
+}
+
+void cli_progress_end(cli_progress *p)
+{
+    if (p->shown) fputs("\r\033[K", stderr);
+    p->shown = false;
+}

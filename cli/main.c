@@ -1,0 +1,76 @@
+/* main.c — the `cloudlet` command: a table of subcommands, one file each (cmd_*.c). */
+#include "cli.h"
+
+#include <string.h>
+
+static const struct {
+    const char *group, *verb; /* "store", "add"; or "init", NULL */
+    cli_cmd_fn fn;
+    const char *summary;
+} commands[] = {
+    {"init", NULL, cmd_init, "create a node home and its chunk store"},
+    {"store", "add", cmd_store_add, "chunk files into the store; print their ids"},
+    {"store", "cat", cmd_store_cat, "write a stored file back, bit-identical"},
+    {"store", "stats", cmd_store_stats, "show what the store holds and what it costs on disk"},
+    {"store", "verify", cmd_store_verify, "re-read and re-hash every chunk and manifest"},
+    {"store", "gc", cmd_store_gc, "free chunks and manifests that nothing pins"},
+    {"store", "rm", cmd_store_rm, "unpin a stored file or VM (space returns at the next gc)"},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void help(FILE *f)
+{
+    fprintf(f, "usage: cloudlet COMMAND [OPTIONS] [ARGS]\n\n"
+               "cloudlet keeps VMs as content-addressed 4 KiB chunks and launches them on\n"
+               "nearby edge servers. Commands:\n\n");
+    for (size_t i = 0; i < NCOMMANDS; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "%s%s%s", commands[i].group, commands[i].verb ? " " : "",
+                 commands[i].verb ? commands[i].verb : "");
+        fprintf(f, "  %-14s %s\n", name, commands[i].summary);
+    }
+    fprintf(f, "\nEvery command takes --home DIR and --help. See `cloudlet COMMAND --help`.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        help(stderr);
+        return CLI_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        help(stdout);
+        return CLI_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("cloudlet %s\n", CLOUDLET_VERSION);
+        return CLI_OK;
+    }
+    bool group_known = false;
+    for (size_t i = 0; i < NCOMMANDS; i++) {
+        if (strcmp(argv[1], commands[i].group) != 0) continue;
+        group_known = true;
+        if (!commands[i].verb) {
+            argv[1] = (char *)commands[i].group;
+            return commands[i].fn(argc - 1, argv + 1);
+        }
+        if (argc >= 3 && !strcmp(argv[2], commands[i].verb)) {
+            char name[32];
+            snprintf(name, sizeof name, "%s %s", commands[i].group, commands[i].verb);
+            argv[2] = name;
+            return commands[i].fn(argc - 2, argv + 2);
+        }
+    }
+    if (group_known && argc >= 3 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h"))) {
+        help(stdout);
+        return CLI_OK;
+    }
+    if (group_known) {
+        fprintf(stderr, "cloudlet %s: %s%s\n\n", argv[1], argc >= 3 ? "unknown subcommand " : "missing subcommand",
+                argc >= 3 ? argv[2] : "");
+    } else {
+        fprintf(stderr, "cloudlet: unknown command %s\n\n", argv[1]);
+    }
+    help(stderr);
+    return CLI_USAGE;
+}
