@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# CLI behaviour, through the real `cloudlet` binary: cli_test.sh CLOUDLET CASE
+set -euo pipefail
+CLOUDLET=$1
+CASE=$2
+T=$(mktemp -d "${TMPDIR:-/tmp}/cloudlet-cli-XXXXXX")
+trap 'rm -rf "$T"' EXIT
+H=$T/home
+cl() { "$CLOUDLET" "$@"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+expect_status() { # expect_status N cmd...
+    local want=$1; shift
+    set +e; "$@" >"$T/out" 2>"$T/err"; local got=$?; set -e
+    [ "$got" = "$want" ] || { cat "$T/out" "$T/err" >&2; fail "$* exited $got, expected $want"; }
+}
+json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval("d"+sys.argv[2]))' "$@"; }
+mkfile_random() { head -c "$2" /dev/urandom >"$1"; }
+
+init_creates_home_and_is_idempotent() {
+    cl init --home "$H" | grep -q "initialised node home $H"
+    [ "$(stat -c %a "$H")" = 700 ] || fail "home mode is $(stat -c %a "$H")"
+    [ -f "$H/store/data.mdb" ] || fail "no store"
+    cl init --home "$H" | grep -q "already initialised"
+}
+
+add_then_cat_is_bit_identical() {
+    cl init --home "$H" >/dev/null
+    mkfile_random "$T/odd" 100001                    # not a multiple of 4 KiB
+    : >"$T/empty"
+    truncate -s 50M "$T/sparse"                      # mostly holes, some data
+    dd if=/dev/urandom of="$T/sparse" bs=4096 seek=1000 count=3 conv=notrunc status=none
+    printf 'tail' | dd of="$T/sparse" bs=1 seek=$((50*1024*1024-4)) conv=notrunc status=none
+    for f in odd empty sparse; do
+        id=$(cl store add --home "$H" "$T/$f" | tail -1)
+        [[ $id =~ ^[0-9a-f]{64}$ ]] || fail "last line is not an id: $id"
+        cl store cat --home "$H" "$id" -o "$T/$f.out"
+        cmp "$T/$f" "$T/$f.out" || fail "$f differs after a round trip"
+        cl store cat --home "$H" "$id" | cmp - "$T/$f" || fail "$f differs through a pipe"
+    done
+    # The sparse file stays sparse and its holes were never stored.
+    [ "$(du -k "$T/sparse.out" | cut -f1)" -lt 1024 ] || fail "output is not sparse"
+    cl store stats --home "$H" --json >"$T/s.json"
+    [ "$(json_get "$T/s.json" '["chunks"]')" -le 30 ] || fail "holes were stored"
+}
+
+adding_twice_stores_nothing_new() {
+    cl init --home "$H" >/dev/null
+    mkfile_random "$T/f" 300000
+    a=$(cl store add --home "$H" "$T/f" | tail -1)
+    cl store add --home "$H" "$T/f" >"$T/out"
+    grep -q "0 new" "$T/out" || fail "second add stored chunks: $(cat "$T/out")"
+    [ "$(tail -1 "$T/out")" = "$a" ] || fail "same file, other id"
+}
+
+options_stand_anywhere_after_the_subcommand() {
+    cl init --home "$H" >/dev/null
+    mkfile_random "$T/f" 5000
+    id=$(cl store add "$T/f" --home "$H" | tail -1)
+    cl store cat "$id" --home "$H" -o "$T/o1"
+    cl store cat -o "$T/o2" "$id" --home "$H"
+    cmp "$T/f" "$T/o1" && cmp "$T/f" "$T/o2"
+}
+
+home_comes_from_the_environment() {
+    CLOUDLET_HOME=$H cl init >/dev/null
+    mkfile_random "$T/f" 5000
+    id=$(CLOUDLET_HOME=$H cl store add "$T/f" | tail -1)
+    CLOUDLET_HOME=$H cl store cat "$id" | cmp - "$T/f"
+    # --home wins over the environment.
+    expect_status 1 env CLOUDLET_HOME=$H "$CLOUDLET" store stats --home "$T/nowhere"
+}
+
+missing_home_is_a_clear_error() {
+    expect_status 1 cl store stats --home "$T/nowhere"
+    grep -q "no node home at $T/nowhere" "$T/err" || fail "unclear error: $(cat "$T/err")"
+    grep -q "cloudlet init" "$T/err" || fail "error does not say how to fix it"
+}
+
+json_outputs_parse() {
+    cl init --home "$H" >/dev/null
+    mkfile_random "$T/f" 70000
+    cl store add --json --home "$H" "$T/f" >"$T/add.json"
+    [ "$(json_get "$T/add.json" '[0]["chunks"]')" = 18 ] || fail "chunks in add --json"
+    cl store stats --json --home "$H" >"$T/s.json"
+    [ "$(json_get "$T/s.json" '["chunks"]')" = 18 ] || fail "chunks in stats --json"
+    cl store verify --json --home "$H" >"$T/v.json"
+    [ "$(json_get "$T/v.json" '["ok"]')" = True ] || fail "verify --json"
+    cl store gc --json --home "$H" >"$T/g.json"
+    json_get "$T/g.json" '["chunks_removed"]' >/dev/null
+}
+
+corruption_is_reported_and_never_served() {
+    cl init --home "$H" >/dev/null
+    mkfile_random "$T/f" 40960          # random: stored raw, so its bytes appear in data.mdb
+    id=$(cl store add --home "$H" "$T/f" | tail -1)
+    python3 - "$H/store/data.mdb" "$T/f" <<'PY'
+import sys
+data = bytearray(open(sys.argv[1], 'rb').read())
+needle = open(sys.argv[2], 'rb').read()[8192:8192 + 64]   # inside chunk 2
+at = data.find(needle)
+assert at >= 0, "chunk bytes not found in the store"
+data[at + 10] ^= 0xff
+open(sys.argv[1], 'r+b').write(data)
+PY
+    expect_status 1 cl store verify --home "$H"
+    grep -q "^bad chunk [0-9a-f]\{64\}$" "$T/out" || fail "verify did not name the chunk: $(cat "$T/out")"
+    grep -q "1 bad chunks" "$T/out" || fail "verify count: $(cat "$T/out")"
+    expect_status 1 cl store cat --home "$H" "$id" -o "$T/o"
+    grep -q "corrupt" "$T/err" || fail "cat error unclear: $(cat "$T/err")"
+    [ ! -e "$T/o" ] || fail "a damaged file was left behind"
+}
+
+rm_then_gc_frees_space() {
+    cl init --home "$H" >/dev/null
+    mkfile_random "$T/a" 400000
+    mkfile_random "$T/b" 400000
+    cl store add --home "$H" "$T/a" >/dev/null
+    b=$(cl store add --home "$H" "$T/b" | tail -1)
+    cl store rm --home "$H" "$b" | grep -q unpinned
+    cl store gc --json --home "$H" >"$T/g.json"
+    [ "$(json_get "$T/g.json" '["chunks_removed"]')" = 98 ] || fail "gc removed $(cat "$T/g.json")"
+    cl store stats --json --home "$H" >"$T/s.json"
+    [ "$(json_get "$T/s.json" '["chunks"]')" = 98 ] || fail "chunks left: $(cat "$T/s.json")"
+    expect_status 1 cl store cat --home "$H" "$b" -o "$T/o"
+    grep -q "no such manifest" "$T/err" || fail "$(cat "$T/err")"
+}
+
+every_command_has_help() {
+    cl --help | grep -q "store add"
+    for c in "init" "store add" "store cat" "store stats" "store verify" "store gc" "store rm"; do
+        # shellcheck disable=SC2086
+        cl $c --help >"$T/h" || fail "$c --help failed"
+        grep -q "^usage: cloudlet $c" "$T/h" || fail "$c --help: $(head -1 "$T/h")"
+    done
+}
+
+usage_errors_exit_2() {
+    expect_status 2 cl
+    expect_status 2 cl frobnicate
+    expect_status 2 cl store add --bogus x
+    grep -q "usage: cloudlet store add" "$T/err" || fail "no usage after the error"
+    expect_status 2 cl store cat
+    expect_status 2 cl store
+}
+
+no_progress_output_off_a_terminal() {
+    cl init --home "$H" >/dev/null
+    mkfile_random "$T/f" 2000000
+    cl store add --home "$H" "$T/f" >/dev/null 2>"$T/err"
+    [ ! -s "$T/err" ] || fail "stderr not empty: $(cat "$T/err")"
+}
+
+progress_is_shown_on_a_terminal() {
+    cl init --home "$H" >/dev/null
+    mkfile_random "$T/f" 3000000
+    script -qec "'$CLOUDLET' store add --home '$H' '$T/f'" /dev/null >"$T/tty" </dev/null
+    grep -q "ETA" "$T/tty" || fail "no progress on a terminal: $(cat -v "$T/tty")"
+    grep -q "/s" "$T/tty" || fail "no rate in the progress line"
+}
+
+"$CASE"
+echo "ok: $CASE"
