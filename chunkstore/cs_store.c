@@ -102,11 +102,9 @@ int cs__body_err(int rc)
 int cs__meta_get(MDB_txn *txn, cs_store *st, const char *key, uint64_t *val)
 {
     MDB_val k = {strlen(key), (void *)key}, v;
+    *val = 0;
     int rc = mdb_get(txn, st->meta, &k, &v);
-    if (rc == MDB_NOTFOUND) {
-        *val = 0;
-        return 0;
-    }
+    if (rc == MDB_NOTFOUND) return 0;
     if (rc) return cs__lmdb_err(rc);
     if (v.mv_size != sizeof *val) return CS_ECORRUPT;
     memcpy(val, v.mv_data, sizeof *val);
@@ -180,7 +178,7 @@ static int init_body(cs_store *st, MDB_txn *txn, void *arg)
         int rc = mdb_dbi_open(txn, dbs[i].name, dbs[i].flags | MDB_CREATE, dbs[i].dbi);
         if (rc) return cs__body_err(rc);
     }
-    uint64_t version;
+    uint64_t version = 0;
     int rc = cs__meta_get(txn, st, "format", &version);
     if (rc) return rc;
     if (version == 0) return cs__meta_set(txn, st, "format", CS__FORMAT_VERSION);
@@ -344,7 +342,7 @@ static int cmp_idx_by_id(const void *a, const void *b, void *arg)
 int cs__seg_store(cs_store *st, MDB_txn *txn, const uint8_t *const *segbufs,
                   const size_t *seglens, size_t nsegs, uint64_t *first_seg)
 {
-    uint64_t next;
+    uint64_t next = 0;
     int rc = cs__meta_get(txn, st, "next_seg", &next);
     if (rc) return rc;
     if (next == 0) next = 1; /* segment 0 is never used: loc 0 means absent */

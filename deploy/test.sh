@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's second command: installs what is needed, builds with warnings as errors, and
+# runs the whole test suite under ctest. CLOUDLET_SLOW_TESTS=1 adds the slow tier.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+"$top/deploy/install-deps.sh" test
+build=${CLOUDLET_TEST_BUILD:-$top/build-test}
+slow=OFF
+[ "${CLOUDLET_SLOW_TESTS:-0}" = 1 ] && slow=ON
+"$top/deploy/build.sh" "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCLOUDLET_WERROR=ON \
+    -DCLOUDLET_SLOW_TESTS=$slow
+cd "$build"
+ctest --output-on-failure -j"$(nproc)" --timeout 600
