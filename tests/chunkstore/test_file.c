@@ -1,0 +1,99 @@
+/* Importing files as images and writing them back. */
+#define _GNU_SOURCE
+#include "chunkstore.h"
+#include "testlib.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int make_file(const char *path, uint64_t size)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    CHECK_OK(ftruncate(fd, (off_t)size));
+    return fd;
+}
+
+static void write_at(int fd, uint64_t off, size_t len, uint64_t seed)
+{
+    uint8_t *b = malloc(len);
+    tl_fill_random(b, len, seed);
+    CHECK_EQ(pwrite(fd, b, len, (off_t)off), (ssize_t)len);
+    free(b);
+}
+
+static uint8_t *slurp(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY);
+    CHECK(fd >= 0);
+    struct stat sb;
+    CHECK_OK(fstat(fd, &sb));
+    uint8_t *b = malloc((size_t)sb.st_size + 1);
+    CHECK_EQ(pread(fd, b, (size_t)sb.st_size, 0), sb.st_size);
+    close(fd);
+    *len = (size_t)sb.st_size;
+    return b;
+}
+
+/* A 64 MiB sparse file with data in three places, one of them a short tail. */
+static void sparse_file_round_trips_and_its_holes_are_never_stored(void)
+{
+    char *dir = tl_tmpdir(), *in, *out, *sdir;
+    if (asprintf(&in, "%s/in", dir) < 0 || asprintf(&out, "%s/out", dir) < 0 ||
+        asprintf(&sdir, "%s/store", dir) < 0)
+        abort();
+    uint64_t size = (64ull << 20) + 1000; /* not a multiple of 4 KiB */
+    int fd = make_file(in, size);
+    write_at(fd, 0, 10000, 1);
+    write_at(fd, 33ull << 20, 1 << 20, 2);
+    write_at(fd, size - 500, 500, 3);
+    cs_store *st;
+    CHECK_OK(cs_open(sdir, CS_OPEN_CREATE, &st));
+    cs_manifest *m = cs_manifest_new();
+    cs_image *im = cs_manifest_add_image(m, CS_IMAGE_DISK, "disk", size);
+    cs_put_stats ps = {0};
+    CHECK_OK(cs_image_import_fd(st, fd, im, 2, NULL, NULL, &ps));
+    close(fd);
+    CHECK_EQ(ps.chunks, im->nchunks);
+    CHECK_EQ(ps.added, 3 + 256 + 1);          /* 10000 bytes = 3 chunks, 1 MiB, the tail */
+    CHECK_EQ(ps.zero, im->nchunks - ps.added);
+    CHECK(cs_id_is_zero(&im->chunks[100]));
+    fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    CHECK_OK(cs_image_export_fd(st, im, fd, NULL, NULL, NULL));
+    close(fd);
+    size_t la, lb;
+    uint8_t *a = slurp(in, &la), *b = slurp(out, &lb);
+    CHECK_EQ(la, lb);
+    CHECK_MEM(a, b, la);
+    struct stat sb;
+    CHECK_OK(stat(out, &sb));
+    CHECK((uint64_t)sb.st_blocks * 512 < (4u << 20)); /* written sparse */
+    free(a), free(b);
+    cs_manifest_free(m);
+    cs_close(st);
+    tl_rmtree(dir);
+    free(in), free(out), free(sdir), free(dir);
+}
+
+static void export_names_the_position_of_a_missing_chunk(void)
+{
+    char *dir = tl_tmpdir();
+    cs_store *st;
+    CHECK_OK(cs_open(dir, CS_OPEN_CREATE, &st));
+    cs_manifest *m = cs_manifest_new();
+    cs_image *im = cs_manifest_add_image(m, CS_IMAGE_FILE, "file", 5 * CS_CHUNK_SIZE);
+    tl_fill_random(im->chunks[3].b, CS_ID_BYTES, 42); /* an id the store does not hold */
+    int fd = open("/dev/null", O_WRONLY);
+    uint64_t bad = 99;
+    CHECK_EQ(cs_image_export_fd(st, im, fd, NULL, NULL, &bad), CS_ENOTFOUND);
+    CHECK_EQ(bad, 3);
+    close(fd);
+    cs_manifest_free(m);
+    cs_close(st);
+    tl_rmtree(dir);
+    free(dir);
+}
+
+TL_MAIN(TL_CASE(sparse_file_round_trips_and_its_holes_are_never_stored),
+        TL_CASE(export_names_the_position_of_a_missing_chunk))
