@@ -69,5 +69,7 @@ int cmd_store_stats(int argc, char **argv);
 int cmd_store_verify(int argc, char **argv);
 int cmd_store_gc(int argc, char **argv);
 int cmd_store_rm(int argc, char **argv);
+int cmd_overlay_export(int argc, char **argv);
+int cmd_overlay_import(int argc, char **argv);
 
 #endif

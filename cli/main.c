@@ -15,6 +15,8 @@ static const struct {
     {"store", "verify", cmd_store_verify, "re-read and re-hash every chunk and manifest"},
     {"store", "gc", cmd_store_gc, "free chunks and manifests that nothing pins"},
     {"store", "rm", cmd_store_rm, "unpin a stored file or VM (space returns at the next gc)"},
+    {"overlay", "export", cmd_overlay_export, "write a VM's overlay package (what its parent lacks)"},
+    {"overlay", "import", cmd_overlay_import, "check and store a VM from an overlay package"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

@@ -127,7 +127,8 @@ rm_then_gc_frees_space() {
 
 every_command_has_help() {
     cl --help | grep -q "store add"
-    for c in "init" "store add" "store cat" "store stats" "store verify" "store gc" "store rm"; do
+    for c in "init" "store add" "store cat" "store stats" "store verify" "store gc" "store rm" \
+             "overlay export" "overlay import"; do
         # shellcheck disable=SC2086
         cl $c --help >"$T/h" || fail "$c --help failed"
         grep -q "^usage: cloudlet $c" "$T/h" || fail "$c --help: $(head -1 "$T/h")"
@@ -148,6 +149,29 @@ no_progress_output_off_a_terminal() {
     mkfile_random "$T/f" 2000000
     cl store add --home "$H" "$T/f" >/dev/null 2>"$T/err"
     [ ! -s "$T/err" ] || fail "stderr not empty: $(cat "$T/err")"
+}
+
+derived_file_travels_as_an_overlay_package() {
+    cl init --home "$T/a" >/dev/null
+    cl init --home "$T/b" >/dev/null
+    seq -f "line %g of a text-like base image" 200000 >"$T/base"
+    cp "$T/base" "$T/child"
+    printf 'EDIT' | dd of="$T/child" bs=1 seek=70000 conv=notrunc status=none
+    head -c 100000 /dev/urandom >>"$T/child"
+    base=$(cl store add --home "$T/a" "$T/base" | tail -1)
+    child=$(cl store add --home "$T/a" --parent "$base" "$T/child" | tail -1)
+    cl overlay export --home "$T/a" "$child" "$T/pkg" --json >"$T/e.json"
+    [ "$(json_get "$T/e.json" '["delta_chunks"]')" -ge 1 ] || fail "no delta: $(cat "$T/e.json")"
+    [ "$(stat -c %s "$T/pkg")" -lt 130000 ] || fail "package too big: $(stat -c %s "$T/pkg")"
+    expect_status 1 cl overlay import --home "$T/b" "$T/pkg"
+    grep -q "parent manifest $base is not in this store" "$T/err" || fail "$(cat "$T/err")"
+    cl store add --home "$T/b" "$T/base" >/dev/null
+    head -c 5000 "$T/pkg" >"$T/short"
+    expect_status 1 cl overlay import --home "$T/b" "$T/short"
+    grep -q "truncated" "$T/err" || fail "$(cat "$T/err")"
+    got=$(cl overlay import --home "$T/b" "$T/pkg" | tail -1)
+    [ "$got" = "$child" ] || fail "imported id $got, expected $child"
+    cl store cat --home "$T/b" "$child" | cmp - "$T/child"
 }
 
 progress_is_shown_on_a_terminal() {

@@ -1,0 +1,58 @@
+/*
+ * node.h — cloudlet's node: VM images, overlays, synthesis and launch.
+ *
+ * Everything here blocks; a daemon runs it on worker threads. Functions return 0, a negative
+ * errno, a chunk store code (CS_E*, see chunkstore.h) or a NODE_E* code; node_strerror()
+ * names any of them. Where a function takes `char err[NODE_ERRMSG]`, it writes a sentence that
+ * says what was wrong and where (a byte offset, an id) on failure.
+ */
+#ifndef CLOUDLET_NODE_H
+#define CLOUDLET_NODE_H
+
+#include "chunkstore.h"
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NODE_ERRMSG 256
+
+const char *node_strerror(int err);
+
+/* ---- overlay packages (docs/overlay.md) ----------------------------------------------------- */
+
+typedef struct node_overlay_report {
+    uint64_t chunks;       /* chunks in the package */
+    uint64_t delta_chunks; /* of which zstd deltas against the parent's chunk at the same place */
+    uint64_t delta_bytes;  /* bytes of those deltas */
+    uint64_t block_bytes;  /* compressed bytes of the others, in blocks */
+    uint64_t file_bytes;   /* the whole package */
+} node_overlay_report;
+
+/*
+ * Writes the overlay package of manifest id to fd: the manifest plus every chunk it names that
+ * its parent VM does not hold (all its chunks for a manifest without parent), each changed chunk
+ * as a zstd delta against the parent's chunk at the same place when that is clearly smaller,
+ * the rest compressed together in blocks at zstd level `level` (0 = 19). Sequential writes
+ * only: fd may be a pipe.
+ */
+int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
+                        cs_progress_fn progress, void *arg, node_overlay_report *report,
+                        char err[NODE_ERRMSG]);
+
+/*
+ * Reads an overlay package from buf (e.g. a mapped file), checks it whole (its trailing hash,
+ * every record, every chunk against its id, that the parent is in the store and that the
+ * package plus the store hold every chunk the manifest names) and only then stores its chunks
+ * and its manifest, pinned. A bad package stores nothing. *id receives the manifest id.
+ */
+int node_overlay_import(cs_store *st, const uint8_t *buf, size_t len, cs_id *id,
+                        cs_progress_fn progress, void *arg, node_overlay_report *report,
+                        char err[NODE_ERRMSG]);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

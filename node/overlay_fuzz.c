@@ -1,0 +1,45 @@
+/* Fuzz target: the overlay package parser and its block and delta decoders, on untrusted
+ * bytes (packages arrive from apps and other machines). */
+#include "node_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static ZSTD_DCtx *dctx;
+static uint8_t *out;
+
+static int on_block(const cs_id *ids, uint32_t n, const uint8_t *z, size_t zlen, size_t at, void *arg)
+{
+    (void)ids, (void)at, (void)arg;
+    node__overlay_block_decode(dctx, z, zlen, n, out);
+    return 0;
+}
+
+static int on_delta(uint32_t image, uint64_t pos, const cs_id *id, const uint8_t *z, size_t zlen,
+                    size_t at, void *arg)
+{
+    (void)image, (void)pos, (void)id, (void)at, (void)arg;
+    static const uint8_t base[CS_CHUNK_SIZE] = {1, 2, 3};
+    node__overlay_delta_decode(dctx, base, z, zlen, out);
+    return 0;
+}
+
+static int on_manifest(const uint8_t *buf, size_t len, void *arg)
+{
+    (void)arg;
+    cs_manifest *m;
+    if (cs_manifest_decode(buf, len, &m) == 0) cs_manifest_free(m);
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!dctx) dctx = ZSTD_createDCtx();
+    if (!out) out = malloc(1024u * CS_CHUNK_SIZE);
+    static const node__overlay_visitor v = {on_manifest, on_block, on_delta};
+    char err[NODE_ERRMSG];
+    node__overlay_parse(data, size, &v, NULL, err);
+    return 0;
+}
