@@ -52,6 +52,46 @@ int node_overlay_import(cs_store *st, const uint8_t *buf, size_t len, cs_id *id,
                         cs_progress_fn progress, void *arg, node_overlay_report *report,
                         char err[NODE_ERRMSG]);
 
+/* ---- the daemon's configuration (docs/config.md) -------------------------------------------- */
+
+#define NODE_MAX_STATIC_PEERS 64
+
+typedef struct node_addr {
+    char host[256]; /* a numeric IPv4/IPv6 address or a host name */
+    uint16_t port;
+} node_addr;
+
+typedef enum node_log_level {
+    NODE_LOG_ERROR = 0,
+    NODE_LOG_WARN = 1,
+    NODE_LOG_INFO = 2,
+    NODE_LOG_DEBUG = 3,
+} node_log_level;
+
+typedef struct node_config {
+    node_addr listen;    /* TCP for peers and apps; default 0.0.0.0:7420 */
+    node_addr multicast; /* discovery beacons; default 239.255.67.76:7421 */
+    bool discovery;      /* send and hear beacons; default on */
+    node_addr peers[NODE_MAX_STATIC_PEERS]; /* static peers (networks without multicast) */
+    unsigned npeers;
+    unsigned max_peers;              /* default 64 */
+    unsigned max_inflight_per_peer;  /* chunks requested from one peer at a time; default 4096 */
+    uint64_t rate_total;             /* bytes/s received from all peers; 0 = no cap */
+    uint64_t rate_per_peer;          /* bytes/s from one peer; 0 = no cap */
+    unsigned beacon_interval_s;      /* default 30 */
+    unsigned peer_timeout_s;         /* a silent peer expires; default 95 */
+    node_log_level log_level;        /* default info */
+    char control_socket[512];        /* default <home>/control.sock when empty */
+} node_config;
+
+/* The defaults: what a node on a LAN runs with when it has no configuration file. */
+void node_config_defaults(node_config *cfg);
+/* Parses `key = value` lines (docs/config.md) over cfg (start from the defaults). Unknown keys,
+ * bad values and overlong lines are errors naming the line. A pure function of the bytes. */
+int node_config_parse(const char *text, size_t len, node_config *cfg, char err[NODE_ERRMSG]);
+/* Reads and parses a file; a missing file is CS_ENOTFOUND (callers then keep the defaults). */
+int node_config_load(const char *path, node_config *cfg, char err[NODE_ERRMSG]);
+
 #ifdef __cplusplus
 }
 #endif
