@@ -46,6 +46,11 @@ cs_store *cli_open_store(const char *cmd, const cli_common *common, bool write);
 /* Resolves a manifest id in hex or a name. Prints an error and returns false when neither. */
 bool cli_resolve_id(const char *cmd, cs_store *st, const char *arg, cs_id *id);
 
+/* Sends one request line to the local cloudletd and returns its answer line (malloc'd), or
+ * prints why not (daemon not running, no answer within timeout_ms) and returns NULL. */
+char *cli_control_request(const char *cmd, const cli_common *common, const char *request,
+                          int timeout_ms);
+
 /* "1.5 GiB" style; buf of 32 bytes. */
 const char *cli_bytes(uint64_t n, char buf[32]);
 /* Prints s as a JSON string (quotes included). */
@@ -71,5 +76,6 @@ int cmd_store_gc(int argc, char **argv);
 int cmd_store_rm(int argc, char **argv);
 int cmd_overlay_export(int argc, char **argv);
 int cmd_overlay_import(int argc, char **argv);
+int cmd_status(int argc, char **argv);
 
 #endif

@@ -1,6 +1,7 @@
 /* common.c — what every `cloudlet` subcommand shares: options, the home, errors, output. */
 #define _GNU_SOURCE
 #include "cli.h"
+#include "node.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -61,19 +62,7 @@ int cli_getopt(int argc, char **argv, const char *shortopts, const struct option
 
 char *cli_home(const cli_common *common)
 {
-    const char *env = getenv("CLOUDLET_HOME");
-    char *home = NULL;
-    if (common->home && *common->home) home = strdup(common->home);
-    else if (env && *env) home = strdup(env);
-    else if (geteuid() == 0) home = strdup("/var/lib/cloudlet");
-    else {
-        const char *xdg = getenv("XDG_DATA_HOME"), *h = getenv("HOME");
-        if (xdg && *xdg) {
-            if (asprintf(&home, "%s/cloudlet", xdg) < 0) home = NULL;
-        } else if (asprintf(&home, "%s/.local/share/cloudlet", h ? h : ".") < 0) {
-            home = NULL;
-        }
-    }
+    char *home = node_home(common->home);
     if (!home) {
         perror("cloudlet");
         exit(CLI_FAIL);

@@ -9,6 +9,7 @@ static const struct {
     const char *summary;
 } commands[] = {
     {"init", NULL, cmd_init, "create a node home and its chunk store"},
+    {"status", NULL, cmd_status, "ask the node's daemon how it is"},
     {"store", "add", cmd_store_add, "chunk files into the store; print their ids"},
     {"store", "cat", cmd_store_cat, "write a stored file back, bit-identical"},
     {"store", "stats", cmd_store_stats, "show what the store holds and what it costs on disk"},

@@ -52,6 +52,30 @@ int node_overlay_import(cs_store *st, const uint8_t *buf, size_t len, cs_id *id,
                         cs_progress_fn progress, void *arg, node_overlay_report *report,
                         char err[NODE_ERRMSG]);
 
+typedef enum node_log_level {
+    NODE_LOG_ERROR = 0,
+    NODE_LOG_WARN = 1,
+    NODE_LOG_INFO = 2,
+    NODE_LOG_DEBUG = 3,
+} node_log_level;
+
+/* ---- the node home ------------------------------------------------------------------------- */
+
+/* The node home: explicit (if not NULL or empty), else $CLOUDLET_HOME, else /var/lib/cloudlet
+ * for root, else $XDG_DATA_HOME/cloudlet or ~/.local/share/cloudlet. Returns a malloc'd path
+ * (NULL only when out of memory). */
+char *node_home(const char *explicit_home);
+/* A malloc'd "<home>/<name>". */
+char *node_home_path(const char *home, const char *name);
+
+/* ---- logging ---------------------------------------------------------------------------------- */
+
+/* Log to standard error (with time and level) or, after node_log_to_syslog, to syslog. Messages
+ * above the level are dropped. Thread-safe. */
+void node_log_set_level(node_log_level level);
+void node_log_to_syslog(const char *ident);
+void node_log(node_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* ---- the daemon's configuration (docs/config.md) -------------------------------------------- */
 
 #define NODE_MAX_STATIC_PEERS 64
@@ -60,13 +84,6 @@ typedef struct node_addr {
     char host[256]; /* a numeric IPv4/IPv6 address or a host name */
     uint16_t port;
 } node_addr;
-
-typedef enum node_log_level {
-    NODE_LOG_ERROR = 0,
-    NODE_LOG_WARN = 1,
-    NODE_LOG_INFO = 2,
-    NODE_LOG_DEBUG = 3,
-} node_log_level;
 
 typedef struct node_config {
     node_addr listen;    /* TCP for peers and apps; default 0.0.0.0:7420 */

@@ -1,0 +1,153 @@
+/* node_daemon.c — the daemon's life: prepare, start, run, stop. */
+#define _GNU_SOURCE
+#include "node_daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void errf(char err[NODE_ERRMSG], const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, NODE_ERRMSG, fmt, ap);
+    va_end(ap);
+}
+
+static int parse_level(const char *s, node_log_level *out)
+{
+    static const char *names[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i])) {
+            *out = (node_log_level)i;
+            return 0;
+        }
+    return CS_EFORMAT;
+}
+
+int node_daemon_prepare(node_daemon *d, const node_daemon_opts *o, char err[NODE_ERRMSG])
+{
+    memset(d, 0, sizeof *d);
+    d->lock_fd = -1;
+    node_config_defaults(&d->cfg);
+    if (!(d->home = node_home(o->home))) return -ENOMEM;
+    struct stat sb;
+    char *store = node_home_path(d->home, "store");
+    bool initialised = store && stat(store, &sb) == 0;
+    free(store);
+    if (!initialised) {
+        errf(err, "no node home at %s (create it with `cloudlet init --home %s`)", d->home, d->home);
+        return CS_ENOTFOUND;
+    }
+    char *conf = o->config ? strdup(o->config) : node_home_path(d->home, "cloudlet.conf");
+    if (!conf) return -ENOMEM;
+    int rc = node_config_load(conf, &d->cfg, err);
+    if (rc == CS_ENOTFOUND && !o->config) rc = 0; /* no file: the defaults */
+    free(conf);
+    if (rc) return rc;
+    if (o->log_level && parse_level(o->log_level, &d->cfg.log_level)) {
+        errf(err, "unknown log level %s (error, warn, info or debug)", o->log_level);
+        return CS_EFORMAT;
+    }
+    node_log_set_level(d->cfg.log_level);
+
+    char *lock = node_home_path(d->home, "cloudletd.lock");
+    d->lock_fd = lock ? open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
+    free(lock);
+    if (d->lock_fd < 0) {
+        errf(err, "cannot open the lock file in %s: %s", d->home, strerror(errno));
+        return -errno;
+    }
+    if (flock(d->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = "";
+        ssize_t n = pread(d->lock_fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        errf(err, "another cloudletd is running on %s%s%s", d->home, pid[0] ? " as pid " : "", pid);
+        return CS_EBUSY;
+    }
+
+    store = node_home_path(d->home, "store");
+    rc = store ? cs_open(store, 0, &d->st) : -ENOMEM;
+    if (rc) errf(err, "cannot open the store at %s: %s", store ? store : d->home, cs_strerror(rc));
+    free(store);
+    if (rc) return rc;
+    d->control_path = d->cfg.control_socket[0] ? strdup(d->cfg.control_socket)
+                                               : node_home_path(d->home, "control.sock");
+    return d->control_path ? 0 : -ENOMEM;
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    node_daemon *d = h->data;
+    node_log(NODE_LOG_INFO, "%s: shutting down", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    node_daemon_stop(d);
+}
+
+int node_daemon_start(node_daemon *d, char err[NODE_ERRMSG])
+{
+    /* The lock's fd was inherited across a fork: the pid is the serving process's. It is only
+     * informational (for the error a second daemon prints); the lock is what counts. */
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(d->lock_fd, 0) != 0 || pwrite(d->lock_fd, pid, (size_t)n, 0) != n)
+        node_log(NODE_LOG_WARN, "cannot write the pid into the lock file");
+
+    int rc = uv_loop_init(&d->loop);
+    if (rc) {
+        errf(err, "event loop: %s", uv_strerror(rc));
+        return rc;
+    }
+    d->loop.data = d;
+    d->started_ms = uv_now(&d->loop);
+    uv_signal_init(&d->loop, &d->sigint);
+    uv_signal_init(&d->loop, &d->sigterm);
+    d->sigint.data = d->sigterm.data = d;
+    uv_signal_start(&d->sigint, on_signal, SIGINT);
+    uv_signal_start(&d->sigterm, on_signal, SIGTERM);
+    signal(SIGPIPE, SIG_IGN);
+    if ((rc = node__control_listen(d, err))) {
+        node_daemon_stop(d);
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+        return rc;
+    }
+    node_log(NODE_LOG_INFO, "cloudletd %s serving %s (control socket %s)", CLOUDLET_VERSION,
+             d->home, d->control_path);
+    return 0;
+}
+
+void node_daemon_stop(node_daemon *d)
+{
+    if (d->stopping) return;
+    d->stopping = true;
+    node__control_close(d);
+    uv_close((uv_handle_t *)&d->sigint, NULL);
+    uv_close((uv_handle_t *)&d->sigterm, NULL);
+}
+
+int node_daemon_run(node_daemon *d)
+{
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+    node_log(NODE_LOG_INFO, "stopped");
+    return 0;
+}
+
+void node_daemon_free(node_daemon *d)
+{
+    if (d->loop.data) {
+        int rc = uv_loop_close(&d->loop);
+        if (rc) node_log(NODE_LOG_WARN, "event loop closed with live handles: %s", uv_strerror(rc));
+    }
+    cs_close(d->st);
+    if (d->control_path) unlink(d->control_path);
+    if (d->lock_fd >= 0) close(d->lock_fd);
+    free(d->control_path);
+    free(d->home);
+    memset(d, 0, sizeof *d);
+}
