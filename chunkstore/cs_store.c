@@ -162,9 +162,9 @@ void cs__dctx_put(cs_store *st, ZSTD_DCtx *d)
 
 /* ---- open / close -------------------------------------------------------------------------- */
 
-static int init_body(cs_store *st, MDB_txn *txn, void *arg)
+/* Opens (creating them in a writable store) the named databases and checks the format. */
+static int open_dbs(cs_store *st, MDB_txn *txn, bool create)
 {
-    (void)arg;
     struct {
         MDB_dbi *dbi;
         const char *name;
@@ -175,14 +175,20 @@ static int init_body(cs_store *st, MDB_txn *txn, void *arg)
         {&st->names, "names", 0},       {&st->meta, "meta", 0},
     };
     for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
-        int rc = mdb_dbi_open(txn, dbs[i].name, dbs[i].flags | MDB_CREATE, dbs[i].dbi);
-        if (rc) return cs__body_err(rc);
+        int rc = mdb_dbi_open(txn, dbs[i].name, dbs[i].flags | (create ? MDB_CREATE : 0), dbs[i].dbi);
+        if (rc) return rc == MDB_NOTFOUND ? CS_EFORMAT : cs__body_err(rc);
     }
     uint64_t version = 0;
     int rc = cs__meta_get(txn, st, "format", &version);
     if (rc) return rc;
-    if (version == 0) return cs__meta_set(txn, st, "format", CS__FORMAT_VERSION);
-    return version == CS__FORMAT_VERSION ? 0 : CS_EVERSION;
+    if (version == 0 && create) return cs__meta_set(txn, st, "format", CS__FORMAT_VERSION);
+    return version == CS__FORMAT_VERSION ? 0 : version == 0 ? CS_EFORMAT : CS_EVERSION;
+}
+
+static int init_body(cs_store *st, MDB_txn *txn, void *arg)
+{
+    (void)arg;
+    return open_dbs(st, txn, true);
 }
 
 static int open_dbs_readonly(cs_store *st)
@@ -190,23 +196,9 @@ static int open_dbs_readonly(cs_store *st)
     MDB_txn *txn;
     int rc = cs__txn_begin(st, false, &txn);
     if (rc) return rc;
-    struct {
-        MDB_dbi *dbi;
-        const char *name;
-        unsigned flags;
-    } dbs[] = {
-        {&st->idx, "idx", 0},           {&st->segs, "segs", MDB_INTEGERKEY},
-        {&st->manifests, "manifests", 0}, {&st->pins, "pins", 0},
-        {&st->names, "names", 0},       {&st->meta, "meta", 0},
-    };
-    for (size_t i = 0; i < sizeof dbs / sizeof dbs[0] && !rc; i++)
-        rc = cs__lmdb_err(mdb_dbi_open(txn, dbs[i].name, dbs[i].flags, dbs[i].dbi));
-    uint64_t version = 0;
-    if (!rc) rc = cs__meta_get(txn, st, "format", &version);
-    if (!rc && version != CS__FORMAT_VERSION) rc = CS_EVERSION;
-    if (rc) {
+    if ((rc = open_dbs(st, txn, false))) {
         cs__txn_abort(st, txn);
-        return rc == CS_ENOTFOUND ? CS_EFORMAT : rc;
+        return rc;
     }
     return cs__lmdb_err(cs__txn_commit(st, txn)); /* keeps the dbi handles */
 }

@@ -32,6 +32,11 @@ typedef struct cli_common {
  */
 int cli_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts,
                const char *usage, cli_common *common);
+/* For commands whose only options are the common ones (and --json when json is true): parses
+ * them and checks that between nmin and nmax (-1: any number) arguments follow, which start
+ * at optind. Returns CLI_OK, or CLI_USAGE after printing the error and the usage. */
+int cli_parse_common(int argc, char **argv, const char *usage, bool json, int nmin, int nmax,
+                     cli_common *common);
 /* Prints "cloudlet CMD: <message>" to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Prints usage to stderr after an error line, returns CLI_USAGE. */

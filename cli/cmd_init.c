@@ -36,12 +36,8 @@ static int mkdirs(const char *path, mode_t mode)
 
 int cmd_init(int argc, char **argv)
 {
-    static const struct option opts[] = {CLI_COMMON_OPTIONS, {0}};
     cli_common co = {0};
-    int c;
-    while ((c = cli_getopt(argc, argv, "h", opts, usage, &co)) != -1)
-        if (c == '?') return CLI_USAGE;
-    if (optind < argc) return cli_usage_error(usage, argv[0], "unexpected argument %s", argv[optind]);
+    if (cli_parse_common(argc, argv, usage, false, 0, 0, &co)) return CLI_USAGE;
 
     char *home = cli_home(&co), *store = NULL;
     int rc = mkdirs(home, 0700);

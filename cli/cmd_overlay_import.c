@@ -20,13 +20,8 @@ static const char usage[] =
 
 int cmd_overlay_import(int argc, char **argv)
 {
-    static const struct option opts[] = {CLI_COMMON_OPTIONS,
-                                         {"json", no_argument, NULL, CLI_OPT_JSON}, {0}};
     cli_common co = {0};
-    int c;
-    while ((c = cli_getopt(argc, argv, "h", opts, usage, &co)) != -1)
-        if (c == '?') return CLI_USAGE;
-    if (optind + 1 != argc) return cli_usage_error(usage, argv[0], "expected one FILE");
+    if (cli_parse_common(argc, argv, usage, true, 1, 1, &co)) return CLI_USAGE;
     const char *path = argv[optind];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat sb;

@@ -29,13 +29,8 @@ static const char *field(const char *json, const char *key, char *out, size_t ca
 
 int cmd_status(int argc, char **argv)
 {
-    static const struct option opts[] = {CLI_COMMON_OPTIONS,
-                                         {"json", no_argument, NULL, CLI_OPT_JSON}, {0}};
     cli_common co = {0};
-    int c;
-    while ((c = cli_getopt(argc, argv, "h", opts, usage, &co)) != -1)
-        if (c == '?') return CLI_USAGE;
-    if (optind < argc) return cli_usage_error(usage, argv[0], "unexpected argument %s", argv[optind]);
+    if (cli_parse_common(argc, argv, usage, true, 0, 0, &co)) return CLI_USAGE;
     char *reply = cli_control_request(argv[0], &co, "status", 10000);
     if (!reply) return CLI_FAIL;
     char a[128], b[128], d[128];

@@ -9,12 +9,8 @@ static const char usage[] =
 
 int cmd_store_rm(int argc, char **argv)
 {
-    static const struct option opts[] = {CLI_COMMON_OPTIONS, {0}};
     cli_common co = {0};
-    int c;
-    while ((c = cli_getopt(argc, argv, "h", opts, usage, &co)) != -1)
-        if (c == '?') return CLI_USAGE;
-    if (optind >= argc) return cli_usage_error(usage, argv[0], "no ID given");
+    if (cli_parse_common(argc, argv, usage, false, 1, -1, &co)) return CLI_USAGE;
     cs_store *st = cli_open_store(argv[0], &co, true);
     if (!st) return CLI_FAIL;
     int status = CLI_OK;

@@ -10,13 +10,8 @@ static const char usage[] =
 
 int cmd_store_stats(int argc, char **argv)
 {
-    static const struct option opts[] = {CLI_COMMON_OPTIONS,
-                                         {"json", no_argument, NULL, CLI_OPT_JSON}, {0}};
     cli_common co = {0};
-    int c;
-    while ((c = cli_getopt(argc, argv, "h", opts, usage, &co)) != -1)
-        if (c == '?') return CLI_USAGE;
-    if (optind < argc) return cli_usage_error(usage, argv[0], "unexpected argument %s", argv[optind]);
+    if (cli_parse_common(argc, argv, usage, true, 0, 0, &co)) return CLI_USAGE;
     cs_store *st = cli_open_store(argv[0], &co, false);
     if (!st) return CLI_FAIL;
     cs_stats s;

@@ -60,6 +60,22 @@ int cli_getopt(int argc, char **argv, const char *shortopts, const struct option
     }
 }
 
+int cli_parse_common(int argc, char **argv, const char *usage, bool json, int nmin, int nmax,
+                     cli_common *common)
+{
+    static const struct option with_json[] = {CLI_COMMON_OPTIONS,
+                                               {"json", no_argument, NULL, CLI_OPT_JSON}, {0}};
+    static const struct option plain[] = {CLI_COMMON_OPTIONS, {0}};
+    int c;
+    while ((c = cli_getopt(argc, argv, "h", json ? with_json : plain, usage, common)) != -1)
+        if (c == '?') return CLI_USAGE;
+    int n = argc - optind;
+    if (n < nmin)
+        return cli_usage_error(usage, argv[0], nmin == 1 && nmax == 1 ? "expected one argument" : "missing arguments");
+    if (nmax >= 0 && n > nmax) return cli_usage_error(usage, argv[0], "unexpected argument %s", argv[optind + nmax]);
+    return CLI_OK;
+}
+
 char *cli_home(const cli_common *common)
 {
     char *home = node_home(common->home);
