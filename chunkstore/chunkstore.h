@@ -216,15 +216,24 @@ int cs_name_del(cs_store *st, const char *name) CS_WUR;
  * of the function's threads, one call at a time. */
 typedef void (*cs_progress_fn)(uint64_t done, uint64_t total, void *arg);
 
+/* What happened to each chunk of an import (cs_image_import_fd's status array). */
+enum {
+    CS_CHUNK_ZERO = 0, /* the zero chunk (or a hole): not stored */
+    CS_CHUNK_DUP = 1,  /* already held, or an earlier position of the same import holds it */
+    CS_CHUNK_NEW = 2,  /* stored by this import */
+};
+
 /*
  * Chunks the first im->length bytes of fd (a regular file or block device, read with pread)
  * into the store and fills im->chunks. Holes (SEEK_DATA/SEEK_HOLE) and all-zero blocks become
  * zero chunks without being stored; a short tail is zero-padded. threads (0 = 2) workers hash
  * and compress in parallel. The caller holds cs_ingest_begin() until the manifest naming
- * these chunks is stored. stats (may be NULL) is added to.
+ * these chunks is stored. stats (may be NULL) is added to; status (may be NULL) receives one
+ * CS_CHUNK_* per chunk position.
  */
 int cs_image_import_fd(cs_store *st, int fd, cs_image *im, unsigned threads,
-                       cs_progress_fn progress, void *arg, cs_put_stats *stats) CS_WUR;
+                       cs_progress_fn progress, void *arg, cs_put_stats *stats,
+                       uint8_t *status) CS_WUR;
 
 /*
  * Writes an image (its chunks must be resolved) to fd: exactly im->length bytes. A seekable

@@ -35,6 +35,7 @@ struct import {
     pthread_mutex_t mu; /* guards the fields below and progress calls */
     uint64_t done;
     cs_put_stats stats;
+    uint8_t *status; /* may be NULL */
     cs_progress_fn progress;
     void *arg;
 };
@@ -106,7 +107,8 @@ static void *import_worker(void *arg)
     uint8_t *buf = malloc((size_t)BATCH * CS_CHUNK_SIZE);
     uint64_t *pos = malloc(BATCH * sizeof *pos);
     cs_id *ids = malloc(BATCH * sizeof *ids);
-    if (!buf || !pos || !ids) atomic_store(&j->rc, -ENOMEM);
+    uint8_t *st = malloc(BATCH);
+    if (!buf || !pos || !ids || !st) atomic_store(&j->rc, -ENOMEM);
     uint64_t length = j->im->length;
     while (atomic_load(&j->rc) == 0) {
         uint64_t b = atomic_fetch_add(&j->batch, 1);
@@ -125,13 +127,15 @@ static void *import_worker(void *arg)
             pos[n++] = c;
         }
         cs_put_stats ps = {0};
-        if (rc == 0 && n) rc = cs_put(j->st, buf, n, NULL, ids, NULL, &ps);
+        if (rc == 0 && n) rc = cs__put(j->st, buf, n, NULL, ids, st, NULL, &ps);
         if (rc) {
             int expected = 0;
             atomic_compare_exchange_strong(&j->rc, &expected, rc);
             break;
         }
         for (size_t i = 0; i < n; i++) j->im->chunks[pos[i]] = ids[i];
+        if (j->status)
+            for (size_t i = 0; i < n; i++) j->status[pos[i]] = st[i];
         pthread_mutex_lock(&j->mu);
         uint64_t holes = (last - first) - n;
         j->stats.chunks += ps.chunks + holes;
@@ -144,19 +148,21 @@ static void *import_worker(void *arg)
         if (j->progress) j->progress(j->done, length, j->arg);
         pthread_mutex_unlock(&j->mu);
     }
-    free(buf), free(pos), free(ids);
+    free(buf), free(pos), free(ids), free(st);
     return NULL;
 }
 
 int cs_image_import_fd(cs_store *st, int fd, cs_image *im, unsigned threads,
-                       cs_progress_fn progress, void *arg, cs_put_stats *stats)
+                       cs_progress_fn progress, void *arg, cs_put_stats *stats, uint8_t *status)
 {
     if (threads == 0) threads = 2;
     if (threads > 16) threads = 16;
-    struct import j = {.st = st, .fd = fd, .im = im, .progress = progress, .arg = arg};
+    struct import j = {.st = st, .fd = fd, .im = im, .status = status, .progress = progress,
+                       .arg = arg};
     int rc = map_extents(fd, im->length, &j.ext, &j.n_ext);
     if (rc) return rc;
     memset(im->chunks, 0, im->nchunks * sizeof *im->chunks);
+    if (status) memset(status, CS_CHUNK_ZERO, im->nchunks); /* holes stay zero */
     j.nbatches = (im->nchunks + BATCH - 1) / BATCH;
     atomic_init(&j.batch, 0);
     atomic_init(&j.rc, 0);

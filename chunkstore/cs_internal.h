@@ -93,6 +93,10 @@ int cs__seg_decode(ZSTD_DCtx *dctx, const uint8_t *seg, size_t len, uint8_t *out
                    unsigned *nslots);
 int cs__seg_peek(const uint8_t *seg, size_t len, unsigned *nslots);
 
+/* cs_put with a CS_CHUNK_* status per chunk (status may be NULL). */
+int cs__put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
+            uint8_t *status, size_t *bad, cs_put_stats *stats);
+
 /* Stores encoded segments in a write transaction under fresh ids, the first in *first_seg and
  * the rest following. Used by put and by GC. */
 int cs__seg_store(cs_store *st, MDB_txn *txn, const uint8_t *const *segbufs,

@@ -315,6 +315,7 @@ void cs_ingest_end(cs_store *st)
 struct put_job {
     const uint8_t *chunks;
     const cs_id *ids;
+    uint8_t *status;  /* may be NULL */
     size_t nnew;      /* chunks to store, in order */
     size_t *newidx;   /* their indexes in chunks[] */
     uint8_t **segbuf; /* encoded segments */
@@ -351,6 +352,8 @@ static int put_body(cs_store *st, MDB_txn *txn, void *arg)
 {
     struct put_job *job = arg;
     job->added = job->dup_late = 0;
+    if (job->status)
+        for (size_t j = 0; j < job->nnew; j++) job->status[job->newidx[j]] = CS_CHUNK_NEW;
     uint64_t first;
     int rc = cs__seg_store(st, txn, (const uint8_t *const *)job->segbuf, job->seglen, job->nsegs,
                            &first);
@@ -366,6 +369,7 @@ static int put_body(cs_store *st, MDB_txn *txn, void *arg)
             memcpy(&old, v.mv_data, sizeof old);
             if (old.loc != 0) { /* stored by another writer since our check */
                 job->dup_late++;
+                if (job->status) job->status[job->newidx[j]] = CS_CHUNK_DUP;
                 continue;
             }
             val.refs = old.refs; /* a manifest named it before it arrived */
@@ -382,12 +386,18 @@ static int put_body(cs_store *st, MDB_txn *txn, void *arg)
 int cs_put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
            size_t *bad, cs_put_stats *stats)
 {
+    return cs__put(st, chunks, n, expect, ids_out, NULL, bad, stats);
+}
+
+int cs__put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
+            uint8_t *status, size_t *bad, cs_put_stats *stats)
+{
     if (st->readonly) return -EROFS;
     if (n == 0) return 0;
     const uint8_t *data = chunks;
     cs_id *ids = ids_out ? ids_out : malloc(n * sizeof *ids);
     size_t *order = malloc(n * sizeof *order);
-    struct put_job job = {.chunks = data, .ids = ids};
+    struct put_job job = {.chunks = data, .ids = ids, .status = status};
     job.newidx = malloc(n * sizeof *job.newidx);
     size_t maxsegs = (n + CS__SEG_SLOTS - 1) / CS__SEG_SLOTS;
     job.segbuf = calloc(maxsegs, sizeof *job.segbuf);
@@ -411,8 +421,13 @@ int cs_put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_i
     /* 2. Drop zero chunks, repeats within the batch, and chunks already held. */
     size_t nz = 0;
     for (size_t i = 0; i < n; i++) {
-        if (cs_id_is_zero(&ids[i])) zero++;
-        else order[nz++] = i;
+        if (status) status[i] = CS_CHUNK_DUP; /* NEW and ZERO are set below */
+        if (cs_id_is_zero(&ids[i])) {
+            zero++;
+            if (status) status[i] = CS_CHUNK_ZERO;
+        } else {
+            order[nz++] = i;
+        }
     }
     qsort_r(order, nz, sizeof *order, cmp_idx_by_id, ids);
     MDB_txn *rtxn;

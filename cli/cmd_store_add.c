@@ -46,7 +46,7 @@ static int add_one(const char *cmd, cs_store *st, const char *path, const cs_man
     cli_progress_init(&pr, path);
     int rc = cs_ingest_begin(st);
     if (rc == 0) {
-        rc = cs_image_import_fd(st, fd, im, 0, cli_progress_update, &pr, ps);
+        rc = cs_image_import_fd(st, fd, im, 0, cli_progress_update, &pr, ps, NULL);
         uint8_t *buf = NULL;
         size_t len = 0;
         if (rc == 0) rc = cs_manifest_encode(m, parent, &buf, &len, NULL);

@@ -53,7 +53,7 @@ static void sparse_file_round_trips_and_its_holes_are_never_stored(void)
     cs_manifest *m = cs_manifest_new();
     cs_image *im = cs_manifest_add_image(m, CS_IMAGE_DISK, "disk", size);
     cs_put_stats ps = {0};
-    CHECK_OK(cs_image_import_fd(st, fd, im, 2, NULL, NULL, &ps));
+    CHECK_OK(cs_image_import_fd(st, fd, im, 2, NULL, NULL, &ps, NULL));
     close(fd);
     CHECK_EQ(ps.chunks, im->nchunks);
     CHECK_EQ(ps.added, 3 + 256 + 1);          /* 10000 bytes = 3 chunks, 1 MiB, the tail */
@@ -76,6 +76,34 @@ static void sparse_file_round_trips_and_its_holes_are_never_stored(void)
     free(in), free(out), free(sdir), free(dir);
 }
 
+static void import_reports_what_happened_to_each_chunk(void)
+{
+    char *dir = tl_tmpdir(), *in;
+    if (asprintf(&in, "%s/in", dir) < 0) abort();
+    int fd = make_file(in, 8 * CS_CHUNK_SIZE);
+    write_at(fd, 0, 2 * CS_CHUNK_SIZE, 1);             /* chunks 0, 1: new */
+    uint8_t *c0 = malloc(CS_CHUNK_SIZE);
+    CHECK_EQ(pread(fd, c0, CS_CHUNK_SIZE, 0), CS_CHUNK_SIZE);
+    CHECK_EQ(pwrite(fd, c0, CS_CHUNK_SIZE, 5 * CS_CHUNK_SIZE), CS_CHUNK_SIZE); /* 5 repeats 0 */
+    cs_store *st;
+    CHECK_OK(cs_open(dir, CS_OPEN_CREATE, &st));
+    cs_manifest *m = cs_manifest_new();
+    cs_image *im = cs_manifest_add_image(m, CS_IMAGE_FILE, "file", 8 * CS_CHUNK_SIZE);
+    uint8_t status[8];
+    CHECK_OK(cs_image_import_fd(st, fd, im, 1, NULL, NULL, NULL, status));
+    uint8_t want[8] = {CS_CHUNK_NEW, CS_CHUNK_NEW, 0, 0, 0, CS_CHUNK_DUP, 0, 0};
+    CHECK_MEM(status, want, 8);
+    CHECK_OK(cs_image_import_fd(st, fd, im, 1, NULL, NULL, NULL, status)); /* again: all held */
+    uint8_t again[8] = {CS_CHUNK_DUP, CS_CHUNK_DUP, 0, 0, 0, CS_CHUNK_DUP, 0, 0};
+    CHECK_MEM(status, again, 8);
+    close(fd);
+    free(c0);
+    cs_manifest_free(m);
+    cs_close(st);
+    tl_rmtree(dir);
+    free(in), free(dir);
+}
+
 static void export_names_the_position_of_a_missing_chunk(void)
 {
     char *dir = tl_tmpdir();
@@ -96,4 +124,5 @@ static void export_names_the_position_of_a_missing_chunk(void)
 }
 
 TL_MAIN(TL_CASE(sparse_file_round_trips_and_its_holes_are_never_stored),
+        TL_CASE(import_reports_what_happened_to_each_chunk),
         TL_CASE(export_names_the_position_of_a_missing_chunk))
