@@ -171,8 +171,12 @@ cs_image *cs_manifest_find_image(const cs_manifest *m, const char *name);
  */
 int cs_manifest_encode(const cs_manifest *m, const cs_manifest *parent, uint8_t **buf,
                        size_t *len, cs_id *id) CS_WUR;
-/* Decodes untrusted bytes; CS_EFORMAT or CS_EVERSION on anything malformed or non-canonical. */
+/* Decodes untrusted bytes; CS_EFORMAT or CS_EVERSION on anything malformed or non-canonical.
+ * The decoded manifest holds 32 bytes per chunk position; cs_manifest_decode accepts up to
+ * 2^25 positions in all (128 GiB of images), cs_manifest_decode_limit up to max_positions. */
 int cs_manifest_decode(const uint8_t *buf, size_t len, cs_manifest **out) CS_WUR;
+int cs_manifest_decode_limit(const uint8_t *buf, size_t len, uint64_t max_positions,
+                             cs_manifest **out) CS_WUR;
 /* Fills a derived manifest's inherited positions from its resolved parent. */
 int cs_manifest_resolve(cs_manifest *m, const cs_manifest *parent) CS_WUR;
 /* The id of encoded manifest bytes. */

@@ -104,7 +104,9 @@ int cs__seg_store(cs_store *st, MDB_txn *txn, const uint8_t *const *segbufs,
 
 /* Manifest decoding with a bound on the total number of chunk positions (the fuzz target uses a
  * small bound; the public decoder uses CS__MANIFEST_MAX_CHUNKS). */
-#define CS__MANIFEST_MAX_CHUNKS (1ull << 28) /* 1 TiB of images */
+/* A decoded manifest holds one 32-byte id per position: 2^25 positions (128 GiB of images)
+ * bound what a hostile manifest of a few bytes can make a node allocate to 1 GiB. */
+#define CS__MANIFEST_MAX_CHUNKS (1ull << 25)
 int cs__manifest_decode(const uint8_t *buf, size_t len, uint64_t max_chunks, cs_manifest **out);
 /* Calls fn for every explicit non-zero chunk position of a decoded (unresolved) manifest. */
 int cs__manifest_each_explicit(const cs_manifest *m, int (*fn)(const cs_id *id, void *arg),

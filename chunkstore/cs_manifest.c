@@ -318,6 +318,13 @@ int cs_manifest_decode(const uint8_t *buf, size_t len, cs_manifest **out)
     return cs__manifest_decode(buf, len, CS__MANIFEST_MAX_CHUNKS, out);
 }
 
+int cs_manifest_decode_limit(const uint8_t *buf, size_t len, uint64_t max_positions,
+                             cs_manifest **out)
+{
+    if (max_positions > CS__MANIFEST_MAX_CHUNKS) max_positions = CS__MANIFEST_MAX_CHUNKS;
+    return cs__manifest_decode(buf, len, max_positions, out);
+}
+
 int cs_manifest_resolve(cs_manifest *m, const cs_manifest *parent)
 {
     if (!m->has_parent) return 0;
