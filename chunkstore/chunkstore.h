@@ -199,6 +199,11 @@ int cs_manifest_get_raw(cs_store *st, const cs_id *id, uint8_t **buf, size_t *le
 int cs_manifest_pin(cs_store *st, const cs_id *id) CS_WUR;
 int cs_manifest_unpin(cs_store *st, const cs_id *id) CS_WUR;
 
+/* A note: a small blob (at most 1 MiB) kept with a stored manifest and removed with it, e.g.
+ * the report of the import that made it. Setting replaces. get gives a malloc'd copy. */
+int cs_manifest_note_set(cs_store *st, const cs_id *id, const void *buf, size_t len) CS_WUR;
+int cs_manifest_note_get(cs_store *st, const cs_id *id, uint8_t **buf, size_t *len) CS_WUR;
+
 /* Calls fn for every stored manifest; stops early when fn returns non-zero (returned as is). */
 typedef struct cs_manifest_info {
     cs_id id;

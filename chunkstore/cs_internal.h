@@ -34,6 +34,7 @@ struct cs_store {
     MDB_dbi manifests; /* manifest id (32) -> encoded manifest */
     MDB_dbi pins;      /* manifest id (32) -> u64 pin count */
     MDB_dbi names;     /* name -> manifest id (32) */
+    MDB_dbi notes;     /* manifest id (32) -> a note (bytes) */
     MDB_dbi meta;      /* string key -> u64 counters and the format version */
     bool readonly;
     char *dir;

@@ -278,6 +278,7 @@ static int mdel_body(cs_store *st, MDB_txn *txn, void *arg)
     cs_manifest_free(m);
     if (rc) return rc;
     if ((rc = mdb_del(txn, st->manifests, &k, NULL))) return cs__body_err(rc);
+    if ((rc = mdb_del(txn, st->notes, &k, NULL)) && rc != MDB_NOTFOUND) return cs__body_err(rc);
     /* Names that pointed at it go with it. */
     if ((rc = mdb_cursor_open(txn, st->names, &cur))) return cs__body_err(rc);
     for (r = mdb_cursor_get(cur, &ck, &cv, MDB_FIRST); r == 0;

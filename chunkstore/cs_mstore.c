@@ -252,6 +252,47 @@ int cs_manifest_list(cs_store *st, int (*fn)(const cs_manifest_info *info, void 
     return rc;
 }
 
+/* ---- notes ---------------------------------------------------------------------------------- */
+
+struct note_job {
+    const cs_id *id;
+    const void *buf;
+    size_t len;
+};
+
+static int note_set_body(cs_store *st, MDB_txn *txn, void *arg)
+{
+    struct note_job *j = arg;
+    MDB_val k = {CS_ID_BYTES, (void *)j->id->b}, v;
+    int rc = mdb_get(txn, st->manifests, &k, &v);
+    if (rc) return rc == MDB_NOTFOUND ? CS_ENOTFOUND : cs__body_err(rc);
+    v.mv_size = j->len, v.mv_data = (void *)j->buf;
+    return cs__body_err(mdb_put(txn, st->notes, &k, &v, 0));
+}
+
+int cs_manifest_note_set(cs_store *st, const cs_id *id, const void *buf, size_t len)
+{
+    if (len > (1u << 20)) return CS_EFORMAT;
+    struct note_job j = {id, buf, len};
+    return cs__write(st, note_set_body, &j);
+}
+
+int cs_manifest_note_get(cs_store *st, const cs_id *id, uint8_t **buf, size_t *len)
+{
+    MDB_txn *txn;
+    int rc = cs__txn_begin(st, false, &txn);
+    if (rc) return rc;
+    MDB_val k = {CS_ID_BYTES, (void *)id->b}, v;
+    rc = cs__lmdb_err(mdb_get(txn, st->notes, &k, &v));
+    if (rc == 0) {
+        *buf = malloc(v.mv_size ? v.mv_size : 1);
+        if (*buf) memcpy(*buf, v.mv_data, *len = v.mv_size);
+        else rc = -ENOMEM;
+    }
+    cs__txn_abort(st, txn);
+    return rc;
+}
+
 /* ---- names ----------------------------------------------------------------------------------- */
 
 struct name_job {

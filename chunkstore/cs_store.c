@@ -173,6 +173,7 @@ static int open_dbs(cs_store *st, MDB_txn *txn, bool create)
         {&st->idx, "idx", 0},           {&st->segs, "segs", MDB_INTEGERKEY},
         {&st->manifests, "manifests", 0}, {&st->pins, "pins", 0},
         {&st->names, "names", 0},       {&st->meta, "meta", 0},
+        {&st->notes, "notes", 0},
     };
     for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
         int rc = mdb_dbi_open(txn, dbs[i].name, dbs[i].flags | (create ? MDB_CREATE : 0), dbs[i].dbi);
@@ -226,7 +227,7 @@ int cs_open(const char *dir, unsigned flags, cs_store **out)
     int rc = -ENOMEM;
     if (!(st->dir = strdup(dir))) goto fail;
     if ((rc = cs__lmdb_err(mdb_env_create(&st->env)))) goto fail;
-    mdb_env_set_maxdbs(st->env, 8);
+    mdb_env_set_maxdbs(st->env, 16);
     mdb_env_set_maxreaders(st->env, 254);
     /* MDB_NOTLS: read transactions are not tied to threads (worker pools hand work around). */
     rc = mdb_env_open(st->env, dir, MDB_NOTLS | (readonly ? MDB_RDONLY : 0), 0600);

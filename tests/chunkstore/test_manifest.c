@@ -183,6 +183,7 @@ static void gc_frees_what_no_pinned_manifest_names(void)
     cs_id ma = store_file(st, 100, 1, true, a);
     cs_id mb = store_file(st, 100, 2, true, b);
     CHECK_OK(cs_name_set(st, "bee", &mb));
+    CHECK_OK(cs_manifest_note_set(st, &mb, "{}", 2));
     CHECK_OK(cs_manifest_unpin(st, &mb));
     cs_gc_report r;
     CHECK_OK(cs_gc(st, false, &r));
@@ -194,6 +195,9 @@ static void gc_frees_what_no_pinned_manifest_names(void)
     CHECK_EQ(cs_has(st, a, 100, bm), 100);
     cs_id got;
     CHECK_EQ(cs_name_get(st, "bee", &got), CS_ENOTFOUND);
+    uint8_t *note;
+    size_t nlen;
+    CHECK_EQ(cs_manifest_note_get(st, &mb, &note, &nlen), CS_ENOTFOUND); /* gone with it */
     uint8_t *raw;
     size_t len;
     CHECK_EQ(cs_manifest_get_raw(st, &mb, &raw, &len), CS_ENOTFOUND);
@@ -340,6 +344,15 @@ static void names_point_at_manifests(void)
     CHECK(cs_id_equal(&got, &m));
     CHECK_EQ(cs_name_get(st, "nope", &got), CS_ENOTFOUND);
     CHECK_EQ(cs_name_set(st, "", &m), CS_EFORMAT);
+    uint8_t *note;
+    size_t nlen;
+    CHECK_OK(cs_manifest_note_set(st, &m, "report", 6));
+    CHECK_OK(cs_manifest_note_get(st, &m, &note, &nlen));
+    CHECK_EQ(nlen, 6);
+    CHECK_MEM(note, "report", 6);
+    free(note);
+    cs_id unknown = {{1}};
+    CHECK_EQ(cs_manifest_note_set(st, &unknown, "x", 1), CS_ENOTFOUND);
     CHECK_OK(cs_name_del(st, "web"));
     CHECK_EQ(cs_name_get(st, "web", &got), CS_ENOTFOUND);
     done(st, dir);
