@@ -218,6 +218,8 @@ int cs_manifest_list(cs_store *st, int (*fn)(const cs_manifest_info *info, void 
 int cs_name_set(cs_store *st, const char *name, const cs_id *id) CS_WUR;
 int cs_name_get(cs_store *st, const char *name, cs_id *id) CS_WUR;
 int cs_name_del(cs_store *st, const char *name) CS_WUR;
+/* Calls fn(name, id, arg) for every name, in name order; stops when fn returns non-zero. */
+int cs_name_list(cs_store *st, int (*fn)(const char *name, const cs_id *id, void *arg), void *arg);
 
 /* ---- files ------------------------------------------------------------------------------------ */
 

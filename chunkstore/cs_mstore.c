@@ -334,6 +334,49 @@ int cs_name_del(cs_store *st, const char *name)
     return cs__write(st, name_del_body, &j);
 }
 
+int cs_name_list(cs_store *st, int (*fn)(const char *name, const cs_id *id, void *arg), void *arg)
+{
+    /* Names are few; copy them out so fn runs with no transaction open. */
+    MDB_txn *txn;
+    int rc = cs__txn_begin(st, false, &txn);
+    if (rc) return rc;
+    MDB_cursor *cur;
+    if ((rc = cs__lmdb_err(mdb_cursor_open(txn, st->names, &cur)))) {
+        cs__txn_abort(st, txn);
+        return rc;
+    }
+    struct named {
+        char name[256];
+        cs_id id;
+    } *v = NULL;
+    size_t n = 0, cap = 0;
+    MDB_val k, val;
+    int r;
+    for (r = mdb_cursor_get(cur, &k, &val, MDB_FIRST); r == 0;
+         r = mdb_cursor_get(cur, &k, &val, MDB_NEXT)) {
+        if (k.mv_size == 0 || k.mv_size > 255 || val.mv_size != CS_ID_BYTES) continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            struct named *p = realloc(v, cap * sizeof *p);
+            if (!p) {
+                r = ENOMEM;
+                break;
+            }
+            v = p;
+        }
+        memcpy(v[n].name, k.mv_data, k.mv_size);
+        v[n].name[k.mv_size] = '\0';
+        memcpy(v[n].id.b, val.mv_data, CS_ID_BYTES);
+        n++;
+    }
+    mdb_cursor_close(cur);
+    cs__txn_abort(st, txn);
+    rc = r == MDB_NOTFOUND ? 0 : cs__lmdb_err(r);
+    for (size_t i = 0; i < n && rc == 0; i++) rc = fn(v[i].name, &v[i].id, arg);
+    free(v);
+    return rc;
+}
+
 int cs_name_get(cs_store *st, const char *name, cs_id *id)
 {
     if (!name_ok(name)) return CS_EFORMAT;

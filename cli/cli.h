@@ -82,5 +82,8 @@ int cmd_store_rm(int argc, char **argv);
 int cmd_overlay_export(int argc, char **argv);
 int cmd_overlay_import(int argc, char **argv);
 int cmd_status(int argc, char **argv);
+int cmd_vm_import(int argc, char **argv);
+int cmd_ls(int argc, char **argv);
+int cmd_manifest_show(int argc, char **argv);
 
 #endif

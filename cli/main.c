@@ -10,6 +10,9 @@ static const struct {
 } commands[] = {
     {"init", NULL, cmd_init, "create a node home and its chunk store"},
     {"status", NULL, cmd_status, "ask the node's daemon how it is"},
+    {"ls", NULL, cmd_ls, "list the VMs and files in the store"},
+    {"vm", "import", cmd_vm_import, "store a VM (disk, domain XML) as a manifest; print its id"},
+    {"manifest", "show", cmd_manifest_show, "show what a manifest holds and how it was imported"},
     {"store", "add", cmd_store_add, "chunk files into the store; print their ids"},
     {"store", "cat", cmd_store_cat, "write a stored file back, bit-identical"},
     {"store", "stats", cmd_store_stats, "show what the store holds and what it costs on disk"},

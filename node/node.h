@@ -59,6 +59,44 @@ typedef enum node_log_level {
     NODE_LOG_DEBUG = 3,
 } node_log_level;
 
+/* ---- VM import (docs/vm.md) ------------------------------------------------------------------ */
+
+/* Per image: how its chunks relate to the parent and to what the store held before. */
+typedef struct node_image_report {
+    char name[256];
+    uint8_t kind;            /* enum cs_image_kind */
+    uint64_t length;
+    uint64_t chunks;         /* positions */
+    uint64_t zero;           /* zero chunks (holes, TRIMmed blocks, freed pages) */
+    uint64_t same_as_parent; /* the parent has the same chunk at the same place */
+    uint64_t dedup;          /* held elsewhere already: base disk, base memory, or itself */
+    uint64_t delta;          /* new, and a zstd delta against the parent's chunk here is smaller */
+    uint64_t fresh;          /* new, with nothing to delta against (or no gain) */
+} node_image_report;
+
+typedef struct node_import_report {
+    size_t nimages;
+    node_image_report *images; /* malloc'd; free with node_import_report_free */
+    uint64_t overlay_bytes;    /* the overlay package: what a node holding the parent needs */
+    uint64_t stored_bytes;     /* compressed bytes this import added to the store */
+} node_import_report;
+void node_import_report_free(node_import_report *r);
+/* The report as one JSON object (malloc'd), as kept in the manifest's note. */
+char *node_import_report_json(const node_import_report *r, const cs_id *id, const char *name);
+
+typedef struct node_vm_import_opts {
+    const char *name;     /* names the manifest in the store (may be NULL) */
+    const char *disk;     /* raw disk image (sparse-aware); required */
+    const char *xml_file; /* libvirt domain XML (may be NULL) */
+    const cs_id *parent;  /* the base VM's manifest id (may be NULL) */
+} node_vm_import_opts;
+
+/* Stores a VM as a pinned manifest and reports per image how its chunks relate to the parent.
+ * A qcow2 disk is refused with an error naming the `qemu-img convert` command. */
+int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
+                   node_import_report *report, cs_progress_fn progress, void *arg,
+                   char err[NODE_ERRMSG]);
+
 /* ---- the node home ------------------------------------------------------------------------- */
 
 /* The node home: explicit (if not NULL or empty), else $CLOUDLET_HOME, else /var/lib/cloudlet

@@ -32,7 +32,7 @@
 #define OV_HDR 12u /* magic, version, flags, reserved u16, manifest length u32 */
 #define OV_TRAILER (1u + 8u + 32u)
 #define BLOCK_CHUNKS 1024u
-#define DELTA_MAX 8192u
+#define DELTA_MAX NODE__DELTA_MAX
 enum { REC_END = 0, REC_BLOCK = 1, REC_DELTA = 2 };
 
 static void errf(char err[NODE_ERRMSG], const char *fmt, ...)
@@ -290,16 +290,35 @@ static int flush_block(struct export *x)
 }
 
 /* Delta against base when it beats 3/4 of the chunk compressed on its own: blocks compress
- * about 1.3x better than single chunks, so a smaller margin would often lose. */
+ * about 1.3x better than single chunks, so a smaller margin would often lose. dcctx carries
+ * the delta's level and frame parameters; est compresses the estimate at level 3. */
+size_t node__delta_if_smaller(ZSTD_CCtx *dcctx, ZSTD_CCtx *est, const uint8_t *base,
+                              const uint8_t *chunk, uint8_t out[NODE__DELTA_MAX])
+{
+    uint8_t plain[NODE__DELTA_MAX];
+    ZSTD_CCtx_reset(dcctx, ZSTD_reset_session_only);
+    ZSTD_CCtx_refPrefix(dcctx, base, CS_CHUNK_SIZE);
+    size_t dl = ZSTD_compress2(dcctx, out, NODE__DELTA_MAX, chunk, CS_CHUNK_SIZE);
+    size_t pl = ZSTD_compressCCtx(est, plain, sizeof plain, chunk, CS_CHUNK_SIZE, 3);
+    return !ZSTD_isError(dl) && !ZSTD_isError(pl) && dl * 4 < pl * 3 ? dl : 0;
+}
+
+ZSTD_CCtx *node__delta_cctx(int level)
+{
+    ZSTD_CCtx *c = ZSTD_createCCtx();
+    if (!c) return NULL;
+    ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, level);
+    ZSTD_CCtx_setParameter(c, ZSTD_c_contentSizeFlag, 0);
+    ZSTD_CCtx_setParameter(c, ZSTD_c_dictIDFlag, 0);
+    return c;
+}
+
 static int emit(struct export *x, const struct cand *c, const uint8_t *chunk, const uint8_t *base)
 {
     if (base) {
-        uint8_t d[DELTA_MAX], plain[DELTA_MAX];
-        ZSTD_CCtx_reset(x->dcctx, ZSTD_reset_session_only);
-        ZSTD_CCtx_refPrefix(x->dcctx, base, CS_CHUNK_SIZE);
-        size_t dl = ZSTD_compress2(x->dcctx, d, sizeof d, chunk, CS_CHUNK_SIZE);
-        size_t pl = ZSTD_compressCCtx(x->est, plain, sizeof plain, chunk, CS_CHUNK_SIZE, 3);
-        if (!ZSTD_isError(dl) && !ZSTD_isError(pl) && dl * 4 < pl * 3) {
+        uint8_t d[NODE__DELTA_MAX];
+        size_t dl = node__delta_if_smaller(x->dcctx, x->est, base, chunk, d);
+        if (dl) {
             w_le(x->w, REC_DELTA, 1);
             w_le(x->w, c->image, 2);
             w_le(x->w, c->pos, 8);
@@ -408,7 +427,7 @@ int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
     if ((rc = cs_manifest_get_raw(st, id, &raw, &rawlen))) goto out;
     x.m = m, x.parent = p;
     x.cctx = ZSTD_createCCtx();
-    x.dcctx = ZSTD_createCCtx();
+    x.dcctx = node__delta_cctx(x.level);
     x.est = ZSTD_createCCtx();
     x.block = malloc((size_t)BLOCK_CHUNKS * CS_CHUNK_SIZE);
     x.zcap = ZSTD_compressBound((size_t)BLOCK_CHUNKS * CS_CHUNK_SIZE);
@@ -418,9 +437,6 @@ int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
         goto out;
     }
     ZSTD_CCtx_setParameter(x.cctx, ZSTD_c_compressionLevel, x.level);
-    ZSTD_CCtx_setParameter(x.dcctx, ZSTD_c_compressionLevel, x.level);
-    ZSTD_CCtx_setParameter(x.dcctx, ZSTD_c_contentSizeFlag, 0);
-    ZSTD_CCtx_setParameter(x.dcctx, ZSTD_c_dictIDFlag, 0);
     w->fd = fd;
     crypto_generichash_init(&w->h, NULL, 0, 32);
     uint8_t hdr[OV_HDR] = {'C', 'L', 'O', 'V', OV_VERSION, 0, 0, 0};

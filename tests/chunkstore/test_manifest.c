@@ -333,6 +333,15 @@ static void manifest_may_name_chunks_before_they_arrive(void)
     done(st, dir);
 }
 
+static int count_names(const char *name, const cs_id *id, void *arg)
+{
+    (void)id;
+    int *n = arg;
+    CHECK(!strcmp(name, *n == 0 ? "api" : "web")); /* in name order */
+    (*n)++;
+    return 0;
+}
+
 static void names_point_at_manifests(void)
 {
     char *dir;
@@ -353,6 +362,10 @@ static void names_point_at_manifests(void)
     free(note);
     cs_id unknown = {{1}};
     CHECK_EQ(cs_manifest_note_set(st, &unknown, "x", 1), CS_ENOTFOUND);
+    CHECK_OK(cs_name_set(st, "api", &m));
+    int count = 0;
+    CHECK_OK(cs_name_list(st, count_names, &count));
+    CHECK_EQ(count, 2);
     CHECK_OK(cs_name_del(st, "web"));
     CHECK_EQ(cs_name_get(st, "web", &got), CS_ENOTFOUND);
     done(st, dir);

@@ -128,7 +128,7 @@ rm_then_gc_frees_space() {
 every_command_has_help() {
     cl --help | grep -q "store add"
     for c in "init" "store add" "store cat" "store stats" "store verify" "store gc" "store rm" \
-             "overlay export" "overlay import"; do
+             "overlay export" "overlay import" "vm import" "ls" "manifest show" "status"; do
         # shellcheck disable=SC2086
         cl $c --help >"$T/h" || fail "$c --help failed"
         grep -q "^usage: cloudlet $c" "$T/h" || fail "$c --help: $(head -1 "$T/h")"
@@ -172,6 +172,62 @@ derived_file_travels_as_an_overlay_package() {
     got=$(cl overlay import --home "$T/b" "$T/pkg" | tail -1)
     [ "$got" = "$child" ] || fail "imported id $got, expected $child"
     cl store cat --home "$T/b" "$child" | cmp - "$T/child"
+}
+
+vm_import_reports_how_chunks_relate_to_the_parent() {
+    cl init --home "$H" >/dev/null
+    # A base disk: 256 chunks of text-like data with distinct heads, 64 holes at the end.
+    python3 - "$T/base.img" <<'PY'
+import sys
+with open(sys.argv[1], "wb") as f:
+    for i in range(256):
+        f.write((b"block %6d " % i + b"cloudlet test data " * 300)[:4096])
+    f.truncate(320 * 4096)
+PY
+    echo "<domain type='qemu'><name>base</name></domain>" >"$T/base.xml"
+    cp --sparse=always "$T/base.img" "$T/custom.img"
+    python3 - "$T/custom.img" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+for i in range(10, 15):                      # 5 chunks with a few bytes changed: deltas
+    os.pwrite(fd, b"EDITED", i * 4096 + 100)
+for i in range(20, 23):                      # 3 chunks of fresh random bytes: new
+    os.pwrite(fd, os.urandom(4096), i * 4096)
+os.pwrite(fd, os.pread(fd, 4096, 200 * 4096), 30 * 4096)   # a copy of chunk 200: dedup
+os.pwrite(fd, os.urandom(4096), 300 * 4096)  # new data where the base had a hole
+os.close(fd)
+PY
+    fallocate --punch-hole --offset $((40 * 4096)) --length $((4 * 4096)) "$T/custom.img"   # TRIM
+    cl vm import --home "$H" --name base --disk "$T/base.img" --xml "$T/base.xml" >/dev/null
+    cl vm import --home "$H" --name custom --parent base --disk "$T/custom.img" --json >"$T/r.json"
+    python3 - "$T/r.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+d = r["images"][0]
+want = {"chunks": 320, "zero": 64 - 1 + 4, "dedup": 1, "delta": 5, "new": 3 + 1,
+        "same_as_parent": 256 - 5 - 3 - 1 - 4}
+got = {k: d[k] for k in want}
+assert got == want, (got, want)
+assert 0 < r["overlay_bytes"] < 5 * 4096 + 4 * 4096 + 2048, r["overlay_bytes"]
+PY
+    cl manifest show --home "$H" custom --json >"$T/m.json"
+    python3 - "$T/m.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+assert m["images"][0]["differs_from_parent"] == 5 + 3 + 1 + 1 + 4, m
+assert m["import_report"]["images"][0]["delta"] == 5
+assert m["xml_bytes"] > 0          # inherited from the parent
+PY
+    cl ls --home "$H" --json | python3 -c 'import json,sys; l=json.load(sys.stdin); assert sorted(n for e in l for n in e["names"]) == ["base", "custom"], l'
+    cl store cat --home "$H" custom --image disk | cmp - "$T/custom.img"
+}
+
+vm_import_refuses_qcow2_naming_the_conversion() {
+    cl init --home "$H" >/dev/null
+    printf 'QFI\373\0\0\0\3' >"$T/d.qcow2"
+    expect_status 1 cl vm import --home "$H" --disk "$T/d.qcow2"
+    grep -q "qemu-img convert -O raw $T/d.qcow2" "$T/err" || fail "$(cat "$T/err")"
+    cl store stats --home "$H" --json | grep -q '"manifests": 0'
 }
 
 progress_is_shown_on_a_terminal() {
