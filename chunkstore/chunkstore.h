@@ -256,6 +256,19 @@ int cs_image_import_fd(cs_store *st, int fd, cs_image *im, unsigned threads,
 int cs_image_export_fd(cs_store *st, const cs_image *im, int fd, cs_progress_fn progress,
                        void *arg, uint64_t *bad) CS_WUR;
 
+/*
+ * An ordered reader of an image's chunks: `threads` workers (0 = 2) fetch, decompress and
+ * verify batches ahead of the consumer, a bounded number at a time. cs_reader_next gives the
+ * next batch in order: n chunks (zero chunks as zeros) starting at chunk position *first,
+ * valid until the next call; n == 0 at the end. On a damaged or missing chunk it returns
+ * CS_ECORRUPT or CS_ENOTFOUND with *bad (may be NULL) set to the chunk's position.
+ */
+typedef struct cs_reader cs_reader;
+int cs_reader_open(cs_store *st, const cs_image *im, unsigned threads, cs_reader **out) CS_WUR;
+int cs_reader_next(cs_reader *r, uint64_t *first, size_t *n, const uint8_t **data,
+                   uint64_t *bad) CS_WUR;
+void cs_reader_close(cs_reader *r);
+
 /* ---- maintenance --------------------------------------------------------------------------- */
 
 typedef struct cs_stats {

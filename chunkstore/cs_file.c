@@ -199,8 +199,6 @@ static int write_full(int fd, const uint8_t *buf, size_t len, uint64_t off, bool
     return 0;
 }
 
-#define EXPORT_BATCH 256u
-
 int cs_image_export_fd(cs_store *st, const cs_image *im, int fd, cs_progress_fn progress,
                        void *arg, uint64_t *bad)
 {
@@ -210,36 +208,29 @@ int cs_image_export_fd(cs_store *st, const cs_image *im, int fd, cs_progress_fn 
     if (sparse && ftruncate(fd, 0) != 0) return -errno;
     if (sparse && ftruncate(fd, (off_t)im->length) != 0)
         return errno == EFBIG || errno == ENOSPC ? CS_EFULL : -errno;
-    uint8_t *buf = malloc((size_t)EXPORT_BATCH * CS_CHUNK_SIZE);
-    cs_id *ids = malloc(EXPORT_BATCH * sizeof *ids);
-    uint64_t *pos = malloc(EXPORT_BATCH * sizeof *pos);
-    int rc = buf && ids && pos ? 0 : -ENOMEM;
-    for (uint64_t first = 0; first < im->nchunks && rc == 0; first += EXPORT_BATCH) {
-        uint64_t last = first + EXPORT_BATCH < im->nchunks ? first + EXPORT_BATCH : im->nchunks;
-        size_t n = 0;
-        for (uint64_t c = first; c < last; c++) {
-            if (sparse && cs_id_is_zero(&im->chunks[c])) continue;
-            ids[n] = im->chunks[c];
-            pos[n++] = c;
-        }
-        size_t badi = 0;
-        if (n && (rc = cs_get(st, ids, n, buf, &badi))) {
-            if (bad) *bad = pos[badi];
-            break;
-        }
-        /* Sequential output: the batch is contiguous (n == last - first); sparse: runs. */
+    cs_reader *r = NULL;
+    int rc = cs_reader_open(st, im, 0, &r);
+    uint64_t first;
+    size_t n;
+    const uint8_t *data;
+    while (rc == 0 && (rc = cs_reader_next(r, &first, &n, &data, bad)) == 0 && n) {
+        /* Runs of chunks to write: all of them to a pipe, the non-zero ones to a file. */
         for (size_t i = 0; i < n && rc == 0;) {
+            if (sparse && cs_id_is_zero(&im->chunks[first + i])) {
+                i++;
+                continue;
+            }
             size_t k = i + 1;
-            while (k < n && pos[k] == pos[k - 1] + 1) k++;
-            uint64_t off = pos[i] * CS_CHUNK_SIZE;
-            uint64_t end = (pos[k - 1] + 1) * CS_CHUNK_SIZE;
+            while (k < n && !(sparse && cs_id_is_zero(&im->chunks[first + k]))) k++;
+            uint64_t off = (first + i) * CS_CHUNK_SIZE;
+            uint64_t end = (first + k) * CS_CHUNK_SIZE;
             if (end > im->length) end = im->length;
-            rc = write_full(fd, buf + i * CS_CHUNK_SIZE, (size_t)(end - off), off, sparse);
+            rc = write_full(fd, data + i * CS_CHUNK_SIZE, (size_t)(end - off), off, sparse);
             i = k;
         }
-        uint64_t done = last * CS_CHUNK_SIZE < im->length ? last * CS_CHUNK_SIZE : im->length;
-        if (rc == 0 && progress) progress(done, im->length, arg);
+        uint64_t done = (first + n) * CS_CHUNK_SIZE;
+        if (rc == 0 && progress) progress(done < im->length ? done : im->length, im->length, arg);
     }
-    free(buf), free(ids), free(pos);
+    cs_reader_close(r);
     return rc;
 }

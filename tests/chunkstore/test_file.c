@@ -104,14 +104,54 @@ static void import_reports_what_happened_to_each_chunk(void)
     free(in), free(dir);
 }
 
+/* Many workers, a consumer that sometimes dawdles: batches still arrive whole and in order. */
+static void reader_delivers_batches_in_order_whatever_the_workers_do(void)
+{
+    char *dir = tl_tmpdir();
+    cs_store *st;
+    CHECK_OK(cs_open(dir, CS_OPEN_CREATE, &st));
+    size_t n = 256 * 40 + 17;
+    uint8_t *data = malloc(n * CS_CHUNK_SIZE);
+    for (size_t i = 0; i < n; i++) {
+        memset(data + i * CS_CHUNK_SIZE, (int)(i % 251), CS_CHUNK_SIZE);
+        memcpy(data + i * CS_CHUNK_SIZE, &i, sizeof i);
+    }
+    cs_manifest *m = cs_manifest_new();
+    cs_image *im = cs_manifest_add_image(m, CS_IMAGE_FILE, "file", n * CS_CHUNK_SIZE);
+    CHECK_OK(cs_put(st, data, n, NULL, im->chunks, NULL, NULL));
+    for (unsigned threads = 1; threads <= 8; threads *= 2) {
+        cs_reader *r;
+        CHECK_OK(cs_reader_open(st, im, threads, &r));
+        uint64_t first, expect = 0;
+        size_t k;
+        const uint8_t *got;
+        while (1) {
+            CHECK_OK(cs_reader_next(r, &first, &k, &got, NULL));
+            if (k == 0) break;
+            CHECK_EQ(first, expect);
+            CHECK_MEM(got, data + first * CS_CHUNK_SIZE, k * CS_CHUNK_SIZE);
+            expect += k;
+            if (first % 7 == 0) usleep(2000); /* let the workers run ahead */
+        }
+        CHECK_EQ(expect, n);
+        cs_reader_close(r);
+    }
+    free(data);
+    cs_manifest_free(m);
+    cs_close(st);
+    tl_rmtree(dir);
+    free(dir);
+}
+
 static void export_names_the_position_of_a_missing_chunk(void)
 {
     char *dir = tl_tmpdir();
     cs_store *st;
     CHECK_OK(cs_open(dir, CS_OPEN_CREATE, &st));
     cs_manifest *m = cs_manifest_new();
-    cs_image *im = cs_manifest_add_image(m, CS_IMAGE_FILE, "file", 5 * CS_CHUNK_SIZE);
-    tl_fill_random(im->chunks[3].b, CS_ID_BYTES, 42); /* an id the store does not hold */
+    cs_image *im = cs_manifest_add_image(m, CS_IMAGE_FILE, "file", 500 * CS_CHUNK_SIZE);
+    tl_fill_random(im->chunks[300].b, CS_ID_BYTES, 42); /* an id the store does not hold, in */
+    tl_fill_random(im->chunks[3].b, CS_ID_BYTES, 43); /* the second batch and the first */
     int fd = open("/dev/null", O_WRONLY);
     uint64_t bad = 99;
     CHECK_EQ(cs_image_export_fd(st, im, fd, NULL, NULL, &bad), CS_ENOTFOUND);
@@ -125,4 +165,5 @@ static void export_names_the_position_of_a_missing_chunk(void)
 
 TL_MAIN(TL_CASE(sparse_file_round_trips_and_its_holes_are_never_stored),
         TL_CASE(import_reports_what_happened_to_each_chunk),
+        TL_CASE(reader_delivers_batches_in_order_whatever_the_workers_do),
         TL_CASE(export_names_the_position_of_a_missing_chunk))
