@@ -85,5 +85,6 @@ int cmd_status(int argc, char **argv);
 int cmd_vm_import(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_manifest_show(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
 
 #endif

@@ -12,6 +12,7 @@ static const struct {
     {"status", NULL, cmd_status, "ask the node's daemon how it is"},
     {"ls", NULL, cmd_ls, "list the VMs and files in the store"},
     {"vm", "import", cmd_vm_import, "store a VM (disk, domain XML) as a manifest; print its id"},
+    {"synth", NULL, cmd_synth, "rebuild a VM's files from the store alone"},
     {"manifest", "show", cmd_manifest_show, "show what a manifest holds and how it was imported"},
     {"store", "add", cmd_store_add, "chunk files into the store; print their ids"},
     {"store", "cat", cmd_store_cat, "write a stored file back, bit-identical"},

@@ -97,6 +97,20 @@ int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
                    node_import_report *report, cs_progress_fn progress, void *arg,
                    char err[NODE_ERRMSG]);
 
+/* ---- synthesis -------------------------------------------------------------------------------- */
+
+typedef struct node_synth_report {
+    double resolve_s;     /* loading and resolving the manifest chain */
+    double disk_s;        /* writing disk.raw */
+    uint64_t disk_bytes;  /* logical bytes of the disk */
+    uint64_t disk_written;/* non-zero bytes written (the rest are holes) */
+} node_synth_report;
+
+/* Rebuilds a VM from the store alone into directory outdir (created if missing): disk.raw
+ * (sparse) and domain.xml. Every chunk is verified against its id on the way. */
+int node_vm_synth(cs_store *st, const cs_id *id, const char *outdir, node_synth_report *report,
+                  cs_progress_fn progress, void *arg, char err[NODE_ERRMSG]);
+
 /* ---- the node home ------------------------------------------------------------------------- */
 
 /* The node home: explicit (if not NULL or empty), else $CLOUDLET_HOME, else /var/lib/cloudlet

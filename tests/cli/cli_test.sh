@@ -128,7 +128,7 @@ rm_then_gc_frees_space() {
 every_command_has_help() {
     cl --help | grep -q "store add"
     for c in "init" "store add" "store cat" "store stats" "store verify" "store gc" "store rm" \
-             "overlay export" "overlay import" "vm import" "ls" "manifest show" "status"; do
+             "overlay export" "overlay import" "vm import" "ls" "manifest show" "status" "synth"; do
         # shellcheck disable=SC2086
         cl $c --help >"$T/h" || fail "$c --help failed"
         grep -q "^usage: cloudlet $c" "$T/h" || fail "$c --help: $(head -1 "$T/h")"
@@ -220,6 +220,27 @@ assert m["xml_bytes"] > 0          # inherited from the parent
 PY
     cl ls --home "$H" --json | python3 -c 'import json,sys; l=json.load(sys.stdin); assert sorted(n for e in l for n in e["names"]) == ["base", "custom"], l'
     cl store cat --home "$H" custom --image disk | cmp - "$T/custom.img"
+    cl synth --home "$H" custom --out "$T/syn" >/dev/null
+    cmp "$T/syn/disk.raw" "$T/custom.img" || fail "synthesized disk differs"
+    cmp "$T/syn/domain.xml" "$T/base.xml" || fail "domain XML differs"
+    [ "$(du -k "$T/syn/disk.raw" | cut -f1)" -lt 1400 ] || fail "synthesized disk is not sparse"
+}
+
+synth_of_a_damaged_vm_fails_and_leaves_no_disk() {
+    cl init --home "$H" >/dev/null
+    mkfile_random "$T/d.img" 409600          # random: stored raw, findable in data.mdb
+    cl vm import --home "$H" --name v --disk "$T/d.img" >/dev/null
+    python3 - "$H/store/data.mdb" "$T/d.img" <<'PY'
+import sys
+data = bytearray(open(sys.argv[1], 'rb').read())
+at = data.find(open(sys.argv[2], 'rb').read()[50 * 4096:50 * 4096 + 64])
+assert at >= 0
+data[at + 5] ^= 1
+open(sys.argv[1], 'r+b').write(data)
+PY
+    expect_status 1 cl synth --home "$H" v --out "$T/syn"
+    grep -q "disk chunk [0-9a-f]* at offset $((50 * 4096)): stored data is corrupt" "$T/err" || fail "$(cat "$T/err")"
+    [ ! -e "$T/syn/disk.raw" ] && [ ! -e "$T/syn/disk.raw.partial" ] || fail "a partial disk was left: $(ls "$T/syn")"
 }
 
 vm_import_refuses_qcow2_naming_the_conversion() {
