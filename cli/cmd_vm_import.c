@@ -39,8 +39,12 @@ void cli_print_import_report(const node_import_report *r)
                (unsigned long long)x->fresh);
     }
     char a[32], b[32];
-    printf("overlay %s (what a node holding the parent needs); %s added to this store\n",
-           cli_bytes(r->overlay_bytes, a), cli_bytes(r->stored_bytes, b));
+    if (r->overlay_bytes)
+        printf("overlay %s (what a node holding the parent needs); %s added to this store\n",
+               cli_bytes(r->overlay_bytes, a), cli_bytes(r->stored_bytes, b));
+    else
+        printf("no parent: a node needs the whole VM; %s added to this store\n",
+               cli_bytes(r->stored_bytes, b));
 }
 
 int cmd_vm_import(int argc, char **argv)

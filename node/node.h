@@ -77,7 +77,8 @@ typedef struct node_image_report {
 typedef struct node_import_report {
     size_t nimages;
     node_image_report *images; /* malloc'd; free with node_import_report_free */
-    uint64_t overlay_bytes;    /* the overlay package: what a node holding the parent needs */
+    uint64_t overlay_bytes;    /* the overlay package: what a node holding the parent needs
+                                  (0 for a VM without parent) */
     uint64_t stored_bytes;     /* compressed bytes this import added to the store */
 } node_import_report;
 void node_import_report_free(node_import_report *r);

@@ -222,16 +222,20 @@ int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
         errf(err, "naming it %s: %s", o->name, cs_strerror(rc));
         goto out;
     }
-    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
-    node_overlay_report orep;
-    char oerr[NODE_ERRMSG];
-    rc = null < 0 ? -errno : node_overlay_export(st, id, null, 0, NULL, NULL, &orep, oerr);
-    if (null >= 0) close(null);
-    if (rc) {
-        errf(err, "sizing the overlay: %s", oerr);
-        goto out;
+    /* An overlay is what travels to a node holding the parent; a VM without parent has none
+     * (sizing it would mean compressing the whole VM at the package's level for nothing). */
+    if (parent) {
+        int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        node_overlay_report orep;
+        char oerr[NODE_ERRMSG];
+        rc = null < 0 ? -errno : node_overlay_export(st, id, null, 0, NULL, NULL, &orep, oerr);
+        if (null >= 0) close(null);
+        if (rc) {
+            errf(err, "sizing the overlay: %s", oerr);
+            goto out;
+        }
+        report->overlay_bytes = orep.file_bytes;
     }
-    report->overlay_bytes = orep.file_bytes;
     char *json = node_import_report_json(report, id, o->name);
     rc = json ? cs_manifest_note_set(st, id, json, strlen(json)) : -ENOMEM;
     free(json);
