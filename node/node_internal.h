@@ -39,4 +39,38 @@ int node__overlay_block_decode(ZSTD_DCtx *d, const uint8_t *z, size_t zlen, uint
 int node__overlay_delta_decode(ZSTD_DCtx *d, const uint8_t *base, const uint8_t *z, size_t zlen,
                                uint8_t out[CS_CHUNK_SIZE]);
 
+/* ---- the fetch planner (fetch_plan.c) ---- */
+
+/* Which source each of n missing chunks (indexes 0..n-1) comes from: neighbours 0..npeers-1,
+ * or the origin. Callers drive it: offer work to a source with room in flight (next), report
+ * what arrives (received, verified or not), what a source says it lacks (not_held), a
+ * neighbour gone (peer_gone), and expire requests older than timeout (expire). Time is the
+ * caller's, in any unit consistent with timeout. */
+#define NODE_PLAN_ORIGIN (-1)
+typedef struct node_plan node_plan;
+typedef struct node_plan_stats_t {
+    uint64_t total, done;
+    uint64_t origin_pending;  /* pending chunks no live neighbour holds */
+    uint64_t origin_inflight, origin_received;
+} node_plan_stats_t;
+
+node_plan *node_plan_new(size_t n, unsigned npeers, uint64_t timeout);
+void node_plan_free(node_plan *p);
+/* holdings[i]: bitmap of the chunks neighbour i holds (bit c = byte c/8, 1 << c%8), NULL for a
+ * neighbour that did not answer. Chunks nobody holds go to the origin's queue. */
+int node_plan_start(node_plan *p, const uint8_t *const *holdings);
+/* Up to max chunk indexes for source to fetch now (written to out); 0 when it has none. */
+size_t node_plan_next(node_plan *p, int source, size_t max, uint32_t *out, uint64_t now);
+void node_plan_received(node_plan *p, int source, uint32_t chunk, bool verified);
+void node_plan_not_held(node_plan *p, int source, uint32_t chunk);
+void node_plan_peer_gone(node_plan *p, unsigned peer);
+/* Requests older than the timeout go back to the pool, counted against their source; returns
+ * how many. */
+size_t node_plan_expire(node_plan *p, uint64_t now);
+void node_plan_stats(const node_plan *p, node_plan_stats_t *s);
+uint64_t node_plan_peer_received(const node_plan *p, unsigned peer);
+uint64_t node_plan_peer_inflight(const node_plan *p, unsigned peer);
+uint64_t node_plan_peer_failures(const node_plan *p, unsigned peer);
+bool node_plan_done(const node_plan *p);
+
 #endif
