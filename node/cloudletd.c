@@ -94,6 +94,7 @@ int main(int argc, char **argv)
             close(ready[1]);
             char msg[NODE_ERRMSG + 1] = "";
             ssize_t n = read(ready[0], msg, NODE_ERRMSG);
+            node_daemon_free_parent(&d);
             if (n > 0 && msg[0] == '+') return 0;
             return fail("%s", n > 1 ? msg + 1 : "the daemon exited during start-up");
         }

@@ -73,11 +73,6 @@ int node_daemon_prepare(node_daemon *d, const node_daemon_opts *o, char err[NODE
         return CS_EBUSY;
     }
 
-    store = node_home_path(d->home, "store");
-    rc = store ? cs_open(store, 0, &d->st) : -ENOMEM;
-    if (rc) errf(err, "cannot open the store at %s: %s", store ? store : d->home, cs_strerror(rc));
-    free(store);
-    if (rc) return rc;
     d->control_path = d->cfg.control_socket[0] ? strdup(d->cfg.control_socket)
                                                : node_home_path(d->home, "control.sock");
     return d->control_path ? 0 : -ENOMEM;
@@ -92,6 +87,14 @@ static void on_signal(uv_signal_t *h, int signum)
 
 int node_daemon_start(node_daemon *d, char err[NODE_ERRMSG])
 {
+    /* The store is opened here, after any fork: an LMDB environment must stay in the process
+     * that opened it. */
+    char *store = node_home_path(d->home, "store");
+    int src = store ? cs_open(store, 0, &d->st) : -ENOMEM;
+    if (src) errf(err, "cannot open the store at %s: %s", store ? store : d->home, cs_strerror(src));
+    free(store);
+    if (src) return src;
+
     /* The lock's fd was inherited across a fork: the pid is the serving process's. It is only
      * informational (for the error a second daemon prints); the lock is what counts. */
     char pid[32];
@@ -136,6 +139,14 @@ int node_daemon_run(node_daemon *d)
     uv_run(&d->loop, UV_RUN_DEFAULT);
     node_log(NODE_LOG_INFO, "stopped");
     return 0;
+}
+
+void node_daemon_free_parent(node_daemon *d)
+{
+    if (d->lock_fd >= 0) close(d->lock_fd); /* the child holds the lock through its own fd */
+    free(d->control_path);
+    free(d->home);
+    memset(d, 0, sizeof *d);
 }
 
 void node_daemon_free(node_daemon *d)

@@ -23,14 +23,17 @@ typedef struct node_daemon {
     unsigned control_clients;
 } node_daemon;
 
-/* Reads the configuration, takes the home's lock and opens the store; nothing runs yet. */
+/* Reads the configuration and takes the home's lock; nothing runs yet (safe to fork after). */
 int node_daemon_prepare(node_daemon *d, const node_daemon_opts *o, char err[NODE_ERRMSG]);
-/* Sets up the loop: signals, the control socket. */
+/* Opens the store and sets up the loop: signals, the control socket. */
 int node_daemon_start(node_daemon *d, char err[NODE_ERRMSG]);
 /* Runs until SIGTERM/SIGINT and a clean shutdown. */
 int node_daemon_run(node_daemon *d);
 /* Releases everything; safe after a failed prepare or start. */
 void node_daemon_free(node_daemon *d);
+/* In the parent of a fork: releases its copy of what prepare made, leaving the lock (shared
+ * with the child) and the files alone. */
+void node_daemon_free_parent(node_daemon *d);
 /* Begins a clean shutdown (closes listeners; the loop ends when pending work is done). */
 void node_daemon_stop(node_daemon *d);
 
