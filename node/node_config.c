@@ -7,11 +7,10 @@
  * pass unnoticed.
  */
 #define _GNU_SOURCE
-#include "node.h"
+#include "node_internal.h"
 
 #include <ctype.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,14 +30,6 @@ void node_config_defaults(node_config *cfg)
     cfg->beacon_interval_s = 30;
     cfg->peer_timeout_s = 95;
     cfg->log_level = NODE_LOG_INFO;
-}
-
-static void errf(char err[NODE_ERRMSG], const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    if (err) vsnprintf(err, NODE_ERRMSG, fmt, ap);
-    va_end(ap);
 }
 
 /* "host:port", "[v6]:port". */
@@ -107,7 +98,7 @@ static int set_key(node_config *c, const char *k, const char *v, unsigned line, 
     else if (!strcmp(k, "discovery")) ok = parse_bool(v, &c->discovery);
     else if (!strcmp(k, "peer")) {
         if (c->npeers == NODE_MAX_STATIC_PEERS) {
-            errf(err, "line %u: more than %d static peers", line, NODE_MAX_STATIC_PEERS);
+            node__errf(err, "line %u: more than %d static peers", line, NODE_MAX_STATIC_PEERS);
             return CS_EFORMAT;
         }
         ok = parse_addr(v, &c->peers[c->npeers]);
@@ -133,11 +124,11 @@ static int set_key(node_config *c, const char *k, const char *v, unsigned line, 
         ok = v[0] == '/' && strlen(v) < sizeof c->control_socket;
         if (ok) snprintf(c->control_socket, sizeof c->control_socket, "%s", v);
     } else {
-        errf(err, "line %u: unknown key '%s'", line, k);
+        node__errf(err, "line %u: unknown key '%s'", line, k);
         return CS_EFORMAT;
     }
     if (!ok) {
-        errf(err, "line %u: bad value for %s: '%s'", line, k, v);
+        node__errf(err, "line %u: bad value for %s: '%s'", line, k, v);
         return CS_EFORMAT;
     }
     return 0;
@@ -162,14 +153,14 @@ int node_config_parse(const char *text, size_t len, node_config *cfg, char err[N
         const char *nl = memchr(text + off, '\n', len - off);
         size_t n = nl ? (size_t)(nl - (text + off)) : len - off;
         if (n > MAX_LINE) {
-            errf(err, "line %u: longer than %d bytes", line, MAX_LINE);
+            node__errf(err, "line %u: longer than %d bytes", line, MAX_LINE);
             return CS_EFORMAT;
         }
         memcpy(buf, text + off, n);
         buf[n] = '\0';
         off += n + (nl != NULL);
         if (memchr(buf, '\0', n)) {
-            errf(err, "line %u: contains a NUL byte", line);
+            node__errf(err, "line %u: contains a NUL byte", line);
             return CS_EFORMAT;
         }
         char *hash = strchr(buf, '#');
@@ -178,13 +169,13 @@ int node_config_parse(const char *text, size_t len, node_config *cfg, char err[N
         if (!*s) continue;
         char *eq = strchr(s, '=');
         if (!eq) {
-            errf(err, "line %u: expected 'key = value'", line);
+            node__errf(err, "line %u: expected 'key = value'", line);
             return CS_EFORMAT;
         }
         *eq = '\0';
         char *k = trim(s), *v = trim(eq + 1);
         if (!*k || !*v) {
-            errf(err, "line %u: expected 'key = value'", line);
+            node__errf(err, "line %u: expected 'key = value'", line);
             return CS_EFORMAT;
         }
         int rc = set_key(&c, k, v, line, err);
@@ -199,7 +190,7 @@ int node_config_load(const char *path, node_config *cfg, char err[NODE_ERRMSG])
     FILE *f = fopen(path, "r");
     if (!f) {
         int e = errno;
-        errf(err, "%s: %s", path, strerror(e));
+        node__errf(err, "%s: %s", path, strerror(e));
         return e == ENOENT ? CS_ENOTFOUND : -e;
     }
     char *text = NULL;
@@ -209,7 +200,7 @@ int node_config_load(const char *path, node_config *cfg, char err[NODE_ERRMSG])
         if (len + 4096 > cap) {
             cap = cap ? cap * 2 : 8192;
             if (cap > (1u << 20)) {
-                errf(err, "%s: larger than 1 MiB", path);
+                node__errf(err, "%s: larger than 1 MiB", path);
                 rc = CS_EFORMAT;
                 break;
             }

@@ -7,6 +7,10 @@
 #include <stdio.h>
 #include <zstd.h>
 
+/* Writes the sentence of a failure into err (NODE_ERRMSG bytes, truncated to fit; err may be
+ * NULL). Every node/ function that takes `char err[NODE_ERRMSG]` fills it through this. */
+void node__errf(char err[NODE_ERRMSG], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Writes s as a JSON string, quotes included. */
 void node__json_str(FILE *f, const char *s);
 
