@@ -57,6 +57,9 @@ struct cs_store {
 
 /* Error translation: an LMDB return code to the project convention. */
 int cs__lmdb_err(int rc);
+/* A write transaction's failure, translated (rc in the project convention): -EIO from a short
+ * write becomes CS_EFULL when the data file cannot grow (see cs_error.c). */
+int cs__write_err(cs_store *st, int rc);
 
 /* Transactions. begin takes the map lock shared and handles MDB_MAP_RESIZED from other
  * processes; end commits (write) or aborts (read) and releases it. */
@@ -64,8 +67,13 @@ int cs__txn_begin(cs_store *st, bool write, MDB_txn **txn);
 void cs__txn_abort(cs_store *st, MDB_txn *txn);
 int cs__txn_commit(cs_store *st, MDB_txn *txn);
 /* Runs body in a write transaction and commits; when the map is full it aborts, grows the map
- * and runs body again, so body must have no effect outside the transaction. */
+ * and runs body again, so body must have no effect outside the transaction. Durable on return.
+ * (The environment defers meta-page flushes, MDB_NOMETASYNC: a write committed any other way,
+ * with cs__txn_commit or cs__write_lazy, is atomic but durable only after cs__sync or the next
+ * cs__write.) */
 int cs__write(cs_store *st, int (*body)(cs_store *st, MDB_txn *txn, void *arg), void *arg);
+int cs__write_lazy(cs_store *st, int (*body)(cs_store *st, MDB_txn *txn, void *arg), void *arg);
+int cs__sync(cs_store *st);
 /* Bodies return MDB_MAP_FULL as is (so cs__write grows the map) and everything else in the
  * project convention: cs__body_err translates an LMDB code that way. */
 int cs__body_err(int rc);
@@ -97,6 +105,18 @@ int cs__seg_peek(const uint8_t *seg, size_t len, unsigned *nslots);
 /* cs_put with a CS_CHUNK_* status per chunk (status may be NULL). */
 int cs__put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
             uint8_t *status, size_t *bad, cs_put_stats *stats);
+
+/* cs__put in two steps (cs_store.c). prepare hashes (checking expect), drops zero, repeated and
+ * held chunks and compresses the rest, outside any write transaction; it keeps ids_out and
+ * status (which it and commit fill) but not chunks. commit stores any number of prepared jobs in
+ * one write transaction, durable when it returns 0 if durable is set (else see cs__write_lazy).
+ * put_stats adds a committed job's figures. */
+typedef struct cs__put_job cs__put_job;
+int cs__put_prepare(cs_store *st, const void *chunks, size_t n, const cs_id *expect,
+                    cs_id *ids_out, uint8_t *status, size_t *bad, cs__put_job **out);
+int cs__put_commit(cs_store *st, cs__put_job *const *jobs, size_t njobs, bool durable);
+void cs__put_stats(const cs__put_job *job, cs_put_stats *stats);
+void cs__put_free(cs__put_job *job);
 
 /* Stores encoded segments in a write transaction under fresh ids, the first in *first_seg and
  * the rest following. Used by put and by GC. */

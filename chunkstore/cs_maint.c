@@ -10,6 +10,9 @@
  *   their chunk references; (2) delete index entries with no references; (3) delete segments
  *   with no live slot and rewrite those under half live. The exclusive flock on gc.lock keeps
  *   ingests (chunks stored ahead of their manifest) out while it runs.
+ * - Pages a commit frees can be reused only two commits later (LMDB keeps the snapshot of the
+ *   previous meta page intact). GC therefore ends with one more small commit, so that the very
+ *   next write can use all the room GC freed: on a full disk, the write GC was run for.
  */
 #define _GNU_SOURCE
 #include "cs_internal.h"
@@ -571,6 +574,15 @@ out:
     return rc;
 }
 
+/* Counts GC runs in meta "gc_runs": a small change, committed after GC's last real commit. */
+static int settle_body(cs_store *st, MDB_txn *txn, void *arg)
+{
+    (void)arg;
+    uint64_t runs = 0;
+    int rc = cs__meta_get(txn, st, "gc_runs", &runs);
+    return rc ? rc : cs__meta_set(txn, st, "gc_runs", runs + 1);
+}
+
 int cs_gc(cs_store *st, bool nowait, cs_gc_report *report)
 {
     memset(report, 0, sizeof *report);
@@ -593,6 +605,8 @@ int cs_gc(cs_store *st, bool nowait, cs_gc_report *report)
         report->chunks_removed += sw.removed;
     }
     if (rc == 0) rc = gc_segments(st, report);
+    /* Best effort: should it fail, the room GC freed becomes usable after any later commit. */
+    if (rc == 0) (void)cs__write(st, settle_body, NULL);
     close(fd);
     return rc;
 }

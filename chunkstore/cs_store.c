@@ -9,6 +9,15 @@
  *   before it takes LMDB's single write lock, so callers on several threads overlap that work
  *   and queue only for the short write. A chunk that another writer stored in between is left
  *   as a dead slot in its segment (GC reclaims it).
+ * - A put is two steps inside: prepare (all the CPU work, no write lock) and commit (one write
+ *   transaction for one or several prepared jobs; durable when it returns). cs_put runs both;
+ *   the file importer prepares batches on its workers and commits them from another thread,
+ *   so that commits (write-back, fsync) overlap the hashing and compression of what follows.
+ * - A commit flushes twice: the data pages, then the meta page that makes them the store's
+ *   state. The environment defers the second flush (MDB_NOMETASYNC, which keeps the order and
+ *   so the store's integrity at any crash); cs__write flushes before it returns, while the
+ *   importer commits lazily and flushes once at the end (each commit's data flush also makes
+ *   the previous meta page durable). An import thus pays one flush per batch, not two.
  * - The map grows by itself: a write that hits MDB_MAP_FULL is aborted, the map is enlarged
  *   while no transaction of this process is open (the map lock), and the write runs again.
  *   Another process that grew the map shows up as MDB_MAP_RESIZED at begin, handled likewise.
@@ -72,7 +81,13 @@ int cs__txn_commit(cs_store *st, MDB_txn *txn)
     return rc;
 }
 
-int cs__write(cs_store *st, int (*body)(cs_store *st, MDB_txn *txn, void *arg), void *arg)
+int cs__sync(cs_store *st)
+{
+    return cs__write_err(st, cs__lmdb_err(mdb_env_sync(st->env, 1)));
+}
+
+static int write_txn(cs_store *st, int (*body)(cs_store *st, MDB_txn *txn, void *arg), void *arg,
+                     bool durable)
 {
     for (;;) {
         MDB_txn *txn;
@@ -82,14 +97,25 @@ int cs__write(cs_store *st, int (*body)(cs_store *st, MDB_txn *txn, void *arg), 
         if (rc == 0) {
             rc = cs__txn_commit(st, txn); /* raw LMDB code */
             if (rc == MDB_MAP_FULL) goto grow;
-            return cs__lmdb_err(rc);
+            if (rc) return cs__write_err(st, cs__lmdb_err(rc));
+            return durable ? cs__sync(st) : 0;
         }
         cs__txn_abort(st, txn);
-        if (rc != MDB_MAP_FULL) return rc > 0 ? cs__lmdb_err(rc) : rc;
+        if (rc != MDB_MAP_FULL) return cs__write_err(st, rc > 0 ? cs__lmdb_err(rc) : rc);
     grow:
         rc = grow_map(st, 0);
         if (rc) return rc;
     }
+}
+
+int cs__write(cs_store *st, int (*body)(cs_store *st, MDB_txn *txn, void *arg), void *arg)
+{
+    return write_txn(st, body, arg, true);
+}
+
+int cs__write_lazy(cs_store *st, int (*body)(cs_store *st, MDB_txn *txn, void *arg), void *arg)
+{
+    return write_txn(st, body, arg, false);
 }
 
 int cs__body_err(int rc)
@@ -229,8 +255,12 @@ int cs_open(const char *dir, unsigned flags, cs_store **out)
     if ((rc = cs__lmdb_err(mdb_env_create(&st->env)))) goto fail;
     mdb_env_set_maxdbs(st->env, 16);
     mdb_env_set_maxreaders(st->env, 254);
-    /* MDB_NOTLS: read transactions are not tied to threads (worker pools hand work around). */
-    rc = mdb_env_open(st->env, dir, MDB_NOTLS | (readonly ? MDB_RDONLY : 0), 0600);
+    /* MDB_NOTLS: read transactions are not tied to threads (worker pools hand work around).
+     * MDB_NOMETASYNC: a commit still flushes its data pages before it writes the meta page that
+     * points at them (so no crash can leave a meta page naming unwritten pages), but leaves the
+     * meta page to the next flush; cs__write flushes it before returning, cs__write_lazy leaves
+     * it to the next commit or cs__sync. Durable on return stays true of every public call. */
+    rc = mdb_env_open(st->env, dir, MDB_NOTLS | (readonly ? MDB_RDONLY : MDB_NOMETASYNC), 0600);
     if (rc) {
         rc = cs__lmdb_err(rc);
         goto fail;
@@ -313,16 +343,20 @@ void cs_ingest_end(cs_store *st)
 
 /* ---- put ------------------------------------------------------------------------------------- */
 
-struct put_job {
-    const uint8_t *chunks;
-    const cs_id *ids;
-    uint8_t *status;  /* may be NULL */
-    size_t nnew;      /* chunks to store, in order */
-    size_t *newidx;   /* their indexes in chunks[] */
-    uint8_t **segbuf; /* encoded segments */
+/* A prepared put: everything but the write. The compressed segments sit back to back in one
+ * arena sized for the worst case; only the pages they touch are ever faulted in. */
+struct cs__put_job {
+    const cs_id *ids;  /* the caller's, or ids_own */
+    cs_id *ids_own;
+    uint8_t *status;   /* may be NULL */
+    size_t n;
+    size_t nnew;       /* chunks to store, in order */
+    size_t *newidx;    /* their indexes in chunks[] */
+    uint8_t *arena;
+    uint8_t **segbuf;  /* encoded segments, pointers into arena */
     size_t *seglen;
     size_t nsegs;
-    uint64_t added, dup_late, stored_bytes;
+    uint64_t zero, dup, added, dup_late, stored_bytes;
 };
 
 static int cmp_idx_by_id(const void *a, const void *b, void *arg)
@@ -349,10 +383,11 @@ int cs__seg_store(cs_store *st, MDB_txn *txn, const uint8_t *const *segbufs,
     return cs__meta_set(txn, st, "next_seg", next + nsegs);
 }
 
-static int put_body(cs_store *st, MDB_txn *txn, void *arg)
+/* Stores one prepared job inside txn. Runs again from the start when the map had to grow. */
+static int put_job_body(cs_store *st, MDB_txn *txn, cs__put_job *job)
 {
-    struct put_job *job = arg;
     job->added = job->dup_late = 0;
+    if (job->nnew == 0) return 0;
     if (job->status)
         for (size_t j = 0; j < job->nnew; j++) job->status[job->newidx[j]] = CS_CHUNK_NEW;
     uint64_t first;
@@ -368,7 +403,7 @@ static int put_body(cs_store *st, MDB_txn *txn, void *arg)
             cs__idx_val old;
             if (v.mv_size != sizeof old) return CS_ECORRUPT;
             memcpy(&old, v.mv_data, sizeof old);
-            if (old.loc != 0) { /* stored by another writer since our check */
+            if (old.loc != 0) { /* stored by another writer (or an earlier job) since our check */
                 job->dup_late++;
                 if (job->status) job->status[job->newidx[j]] = CS_CHUNK_DUP;
                 continue;
@@ -384,30 +419,53 @@ static int put_body(cs_store *st, MDB_txn *txn, void *arg)
     return 0;
 }
 
-int cs_put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
-           size_t *bad, cs_put_stats *stats)
+struct put_group {
+    cs__put_job *const *jobs;
+    size_t n;
+};
+
+static int put_body(cs_store *st, MDB_txn *txn, void *arg)
 {
-    return cs__put(st, chunks, n, expect, ids_out, NULL, bad, stats);
+    const struct put_group *g = arg;
+    for (size_t i = 0; i < g->n; i++) {
+        int rc = put_job_body(st, txn, g->jobs[i]);
+        if (rc) return rc;
+    }
+    return 0;
 }
 
-int cs__put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
-            uint8_t *status, size_t *bad, cs_put_stats *stats)
+void cs__put_free(cs__put_job *job)
+{
+    if (!job) return;
+    free(job->arena);
+    free(job->segbuf);
+    free(job->seglen);
+    free(job->newidx);
+    free(job->ids_own);
+    free(job);
+}
+
+int cs__put_prepare(cs_store *st, const void *chunks, size_t n, const cs_id *expect,
+                    cs_id *ids_out, uint8_t *status, size_t *bad, cs__put_job **out)
 {
     if (st->readonly) return -EROFS;
-    if (n == 0) return 0;
     const uint8_t *data = chunks;
-    cs_id *ids = ids_out ? ids_out : malloc(n * sizeof *ids);
-    size_t *order = malloc(n * sizeof *order);
-    struct put_job job = {.chunks = data, .ids = ids, .status = status};
-    job.newidx = malloc(n * sizeof *job.newidx);
+    cs__put_job *job = calloc(1, sizeof *job);
+    if (!job) return -ENOMEM;
+    job->n = n;
+    job->status = status;
+    cs_id *ids = ids_out ? ids_out : (job->ids_own = malloc((n ? n : 1) * sizeof *ids));
+    job->ids = ids;
+    size_t *order = malloc((n ? n : 1) * sizeof *order);
+    uint8_t *isnew = calloc(n ? n : 1, 1);
+    job->newidx = malloc((n ? n : 1) * sizeof *job->newidx);
     size_t maxsegs = (n + CS__SEG_SLOTS - 1) / CS__SEG_SLOTS;
-    job.segbuf = calloc(maxsegs, sizeof *job.segbuf);
-    job.seglen = calloc(maxsegs, sizeof *job.seglen);
+    job->segbuf = calloc(maxsegs ? maxsegs : 1, sizeof *job->segbuf);
+    job->seglen = calloc(maxsegs ? maxsegs : 1, sizeof *job->seglen);
     uint8_t *staging = NULL;
     ZSTD_CCtx *cctx = NULL;
-    uint64_t zero = 0, dup = 0;
     int rc = -ENOMEM;
-    if (!ids || !order || !job.newidx || !job.segbuf || !job.seglen) goto out;
+    if (!ids || !order || !isnew || !job->newidx || !job->segbuf || !job->seglen) goto out;
 
     /* 1. Hash, and check what the caller promised. */
     for (size_t i = 0; i < n; i++) {
@@ -424,7 +482,7 @@ int cs__put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_
     for (size_t i = 0; i < n; i++) {
         if (status) status[i] = CS_CHUNK_DUP; /* NEW and ZERO are set below */
         if (cs_id_is_zero(&ids[i])) {
-            zero++;
+            job->zero++;
             if (status) status[i] = CS_CHUNK_ZERO;
         } else {
             order[nz++] = i;
@@ -432,17 +490,11 @@ int cs__put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_
     }
     qsort_r(order, nz, sizeof *order, cmp_idx_by_id, ids);
     MDB_txn *rtxn;
-    if ((rc = cs__txn_begin(st, false, &rtxn))) goto out;
-    uint8_t *isnew = calloc(n, 1);
-    if (!isnew) {
-        cs__txn_abort(st, rtxn);
-        rc = -ENOMEM;
-        goto out;
-    }
+    if (nz && (rc = cs__txn_begin(st, false, &rtxn))) goto out;
     for (size_t j = 0; j < nz; j++) {
         size_t i = order[j];
         if (j > 0 && cs_id_equal(&ids[i], &ids[order[j - 1]])) {
-            dup++;
+            job->dup++;
             continue;
         }
         MDB_val k = {CS_ID_BYTES, ids[i].b}, v;
@@ -450,59 +502,96 @@ int cs__put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_
         cs__idx_val val = {0, 0};
         if (r == 0 && v.mv_size == sizeof val) memcpy(&val, v.mv_data, sizeof val);
         else if (r != 0 && r != MDB_NOTFOUND) {
-            free(isnew);
             cs__txn_abort(st, rtxn);
             rc = cs__lmdb_err(r);
             goto out;
         }
-        if (val.loc) dup++;
+        if (val.loc) job->dup++;
         else isnew[i] = 1;
     }
-    cs__txn_abort(st, rtxn);
+    if (nz) cs__txn_abort(st, rtxn);
     /* Keep the caller's order: it is the order chunks are read back in, and the order that
      * compresses best (neighbouring chunks of one image). */
     for (size_t i = 0; i < n; i++)
-        if (isnew[i]) job.newidx[job.nnew++] = i;
-    free(isnew);
+        if (isnew[i]) job->newidx[job->nnew++] = i;
 
-    /* 3. Compress, outside any transaction. */
-    if (job.nnew) {
-        staging = malloc(CS__SEG_SLOTS * CS_CHUNK_SIZE);
+    /* 3. Compress, outside any transaction: straight from the caller's buffer when a segment's
+     * chunks are adjacent there (the usual case), else gathered into a staging buffer first. */
+    size_t nsegs_new = (job->nnew + CS__SEG_SLOTS - 1) / CS__SEG_SLOTS;
+    if (job->nnew) {
+        job->arena = malloc(nsegs_new * CS__SEG_MAX);
         cctx = cs__cctx_get(st);
-        if (!staging || !cctx) goto out;
+        rc = -ENOMEM;
+        if (!job->arena || !cctx) goto out;
     }
-    for (size_t j = 0; j < job.nnew; j += CS__SEG_SLOTS) {
-        unsigned k = (unsigned)(job.nnew - j < CS__SEG_SLOTS ? job.nnew - j : CS__SEG_SLOTS);
-        for (unsigned s = 0; s < k; s++)
-            memcpy(staging + (size_t)s * CS_CHUNK_SIZE,
-                   data + job.newidx[j + s] * CS_CHUNK_SIZE, CS_CHUNK_SIZE);
-        size_t sidx = job.nsegs;
-        if (!(job.segbuf[sidx] = malloc(CS__SEG_MAX))) goto out;
-        job.nsegs++;
-        if ((rc = cs__seg_encode(cctx, staging, k, job.segbuf[sidx], &job.seglen[sidx])))
-            goto out;
-        job.stored_bytes += job.seglen[sidx];
+    size_t used = 0;
+    for (size_t j = 0; j < job->nnew; j += CS__SEG_SLOTS) {
+        unsigned k = (unsigned)(job->nnew - j < CS__SEG_SLOTS ? job->nnew - j : CS__SEG_SLOTS);
+        const uint8_t *src = data + job->newidx[j] * CS_CHUNK_SIZE;
+        if (job->newidx[j + k - 1] - job->newidx[j] != k - 1) {
+            rc = -ENOMEM;
+            if (!staging && !(staging = malloc(CS__SEG_SLOTS * CS_CHUNK_SIZE))) goto out;
+            for (unsigned s = 0; s < k; s++)
+                memcpy(staging + (size_t)s * CS_CHUNK_SIZE,
+                       data + job->newidx[j + s] * CS_CHUNK_SIZE, CS_CHUNK_SIZE);
+            src = staging;
+        }
+        size_t sidx = job->nsegs;
+        job->segbuf[sidx] = job->arena + used;
+        if ((rc = cs__seg_encode(cctx, src, k, job->segbuf[sidx], &job->seglen[sidx]))) goto out;
+        job->nsegs++;
+        used += job->seglen[sidx];
+        job->stored_bytes += job->seglen[sidx];
     }
-
-    /* 4. Write. */
-    rc = job.nnew ? cs__write(st, put_body, &job) : 0;
-    if (rc == 0 && stats) {
-        stats->chunks += n;
-        stats->zero += zero;
-        stats->dup += dup + job.dup_late;
-        stats->added += job.added;
-        stats->stored_bytes += job.stored_bytes;
-    }
+    rc = 0;
 out:
     if (cctx) cs__cctx_put(st, cctx);
     free(staging);
-    if (job.segbuf)
-        for (size_t s = 0; s < job.nsegs; s++) free(job.segbuf[s]);
-    free(job.segbuf);
-    free(job.seglen);
-    free(job.newidx);
+    free(isnew);
     free(order);
-    if (ids != ids_out) free(ids);
+    if (rc) {
+        cs__put_free(job);
+        return rc;
+    }
+    *out = job;
+    return 0;
+}
+
+int cs__put_commit(cs_store *st, cs__put_job *const *jobs, size_t njobs, bool durable)
+{
+    bool any = false;
+    for (size_t i = 0; i < njobs; i++) any = any || jobs[i]->nnew;
+    struct put_group g = {jobs, njobs};
+    if (!any) return 0;
+    return durable ? cs__write(st, put_body, &g) : cs__write_lazy(st, put_body, &g);
+}
+
+void cs__put_stats(const cs__put_job *job, cs_put_stats *stats)
+{
+    stats->chunks += job->n;
+    stats->zero += job->zero;
+    stats->dup += job->dup + job->dup_late;
+    stats->added += job->added;
+    stats->stored_bytes += job->stored_bytes;
+}
+
+int cs_put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
+           size_t *bad, cs_put_stats *stats)
+{
+    return cs__put(st, chunks, n, expect, ids_out, NULL, bad, stats);
+}
+
+int cs__put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
+            uint8_t *status, size_t *bad, cs_put_stats *stats)
+{
+    if (st->readonly) return -EROFS;
+    if (n == 0) return 0;
+    cs__put_job *job;
+    int rc = cs__put_prepare(st, chunks, n, expect, ids_out, status, bad, &job);
+    if (rc) return rc;
+    rc = cs__put_commit(st, &job, 1, true);
+    if (rc == 0 && stats) cs__put_stats(job, stats);
+    cs__put_free(job);
     return rc;
 }
 

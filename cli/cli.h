@@ -73,6 +73,7 @@ void cli_progress_end(cli_progress *p);
 
 /* The subcommands. */
 int cmd_init(int argc, char **argv);
+int cmd_fleet_key(int argc, char **argv);
 int cmd_store_add(int argc, char **argv);
 int cmd_store_cat(int argc, char **argv);
 int cmd_store_stats(int argc, char **argv);
@@ -82,9 +83,12 @@ int cmd_store_rm(int argc, char **argv);
 int cmd_overlay_export(int argc, char **argv);
 int cmd_overlay_import(int argc, char **argv);
 int cmd_status(int argc, char **argv);
+int cmd_peers(int argc, char **argv);
 int cmd_vm_import(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_manifest_show(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
+int cmd_launch(int argc, char **argv);
+int cmd_vm_capture(int argc, char **argv);
 
 #endif

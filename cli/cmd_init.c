@@ -1,18 +1,29 @@
-/* cmd_init.c — `cloudlet init`: create a node home and its chunk store. */
+/* cmd_init.c — `cloudlet init`: create a node home, its chunk store and its keys; make or join
+ * a fleet. */
 #define _GNU_SOURCE
 #include "cli.h"
+#include "node.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const char usage[] =
-    "usage: cloudlet init [--home DIR]\n\n"
-    "Creates a node home (mode 0700) holding the chunk store. Running it on a home that\n"
-    "already exists changes nothing and succeeds.\n\n"
-    "  --home DIR   the node home (default: $CLOUDLET_HOME, else /var/lib/cloudlet for root,\n"
-    "               else ~/.local/share/cloudlet)\n";
+    "usage: cloudlet init [--home DIR] [--new-fleet | --fleet-key FILE]\n\n"
+    "Creates a node home (mode 0700) holding the chunk store and the node's key pair\n"
+    "(node.key, mode 0600, and node.pub). Running it on a home that already exists changes\n"
+    "nothing and succeeds: existing keys are never replaced. The last line of output is the\n"
+    "node's public key (also in <home>/node.pub).\n\n"
+    "  --new-fleet      make a new fleet: a fresh random fleet key in <home>/fleet.key (0600);\n"
+    "                   hand it to other nodes with `cloudlet fleet-key`\n"
+    "  --fleet-key FILE join a fleet: copy its fleet key from FILE (`-`: standard input), as\n"
+    "                   printed by `cloudlet fleet-key` on one of its nodes\n"
+    "  --home DIR       the node home (default: $CLOUDLET_HOME, else /var/lib/cloudlet for root,\n"
+    "                   else ~/.local/share/cloudlet)\n\n"
+    "A home in a fleet stays in it: --new-fleet, or --fleet-key with another fleet's key, is\n"
+    "refused when the home has a fleet key (see docs/keys.md to move a node to another fleet).\n";
 
 /* mkdir -p with mode for the last component. */
 static int mkdirs(const char *path, mode_t mode)
@@ -34,10 +45,56 @@ static int mkdirs(const char *path, mode_t mode)
     return rc;
 }
 
+/* The fleet key handed over in file (standard input for "-"). A copy of a key on its way
+ * between nodes may be readable by others (`cloudlet fleet-key > f` under umask 022): it is
+ * read anyway, with a warning to delete it. */
+static bool read_fleet_key(const char *cmd, const char *file, uint8_t fleet[NODE_KEY_BYTES])
+{
+    char err[NODE_ERRMSG];
+    bool in = !strcmp(file, "-");
+    int rc = node_key_read(in ? "/dev/stdin" : file, NODE_KEY_FLEET, false, fleet, err);
+    size_t skip = in && !strncmp(err, "/dev/stdin: ", 12) ? 12 : 0;
+    if (rc) cli_error(cmd, "%s%s", in ? "standard input: " : "", err + skip);
+    struct stat sb;
+    if (rc == 0 && !in && stat(file, &sb) == 0 && (sb.st_mode & 077))
+        fprintf(stderr,
+                "cloudlet %s: warning: %s can be read by others; delete it once the "
+                "nodes have joined\n",
+                cmd, file);
+    if (rc && strstr(err, "client key"))
+        cli_error(cmd, "the client key is for apps; a node joins with the fleet key that "
+                       "`cloudlet fleet-key` prints on a node of the fleet");
+    return rc == 0;
+}
+
 int cmd_init(int argc, char **argv)
 {
+    enum { OPT_NEW_FLEET = 0x200, OPT_FLEET_KEY };
+    static const struct option opts[] = {CLI_COMMON_OPTIONS,
+                                         {"new-fleet", no_argument, NULL, OPT_NEW_FLEET},
+                                         {"fleet-key", required_argument, NULL, OPT_FLEET_KEY},
+                                         {0}};
     cli_common co = {0};
-    if (cli_parse_common(argc, argv, usage, false, 0, 0, &co)) return CLI_USAGE;
+    bool new_fleet = false;
+    const char *fleet_file = NULL;
+    int c;
+    while ((c = cli_getopt(argc, argv, "h", opts, usage, &co)) != -1) {
+        switch (c) {
+        case OPT_NEW_FLEET: new_fleet = true; break;
+        case OPT_FLEET_KEY: fleet_file = optarg; break;
+        default: return CLI_USAGE;
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error(usage, argv[0], "unexpected argument %s", argv[optind]);
+    if (new_fleet && fleet_file)
+        return cli_usage_error(usage, argv[0],
+                               "--new-fleet and --fleet-key exclude each other: a node makes a "
+                               "fleet or joins one");
+
+    /* The key handed over is checked before anything is created. */
+    uint8_t fleet[NODE_KEY_BYTES];
+    if (fleet_file && !read_fleet_key(argv[0], fleet_file, fleet)) return CLI_FAIL;
 
     char *home = cli_home(&co), *store = NULL;
     int rc = mkdirs(home, 0700);
@@ -55,14 +112,60 @@ int cmd_init(int argc, char **argv)
     cs_store *st = NULL;
     rc = cs_open(store, CS_OPEN_CREATE, &st);
     cs_close(st);
-    if (rc) {
-        cli_error(argv[0], "cannot create the store at %s: %s", store, cs_strerror(rc));
-    } else if (existed) {
-        printf("node home %s is already initialised\n", home);
-    } else {
-        printf("initialised node home %s\n", home);
-    }
     free(store);
+    if (rc) {
+        cli_error(argv[0], "cannot create the store at %s/store: %s", home, cs_strerror(rc));
+        free(home);
+        return CLI_FAIL;
+    }
+    printf(existed ? "node home %s is already initialised\n" : "initialised node home %s\n", home);
+
+    char err[NODE_ERRMSG];
+    uint8_t pk[NODE_KEY_BYTES];
+    bool created = false;
+    if ((rc = node_keypair_init(home, pk, &created, err))) {
+        cli_error(argv[0], "%s", err);
+    } else if (created) {
+        printf("made the node's key pair (%s, %s)\n", NODE_KEY_FILE, NODE_PUB_FILE);
+    }
+
+    if (rc == 0 && new_fleet) {
+        rc = node_fleet_key_new(home, err);
+        if (rc == -EEXIST)
+            cli_error(argv[0],
+                      "node home %s is in a fleet already (%s/%s); `cloudlet fleet-key` "
+                      "prints its key for other nodes",
+                      home, home, NODE_FLEET_FILE);
+        else if (rc)
+            cli_error(argv[0], "%s", err);
+        else
+            printf("made a new fleet key (%s): `cloudlet fleet-key` prints it for other nodes, "
+                   "`cloudlet fleet-key --client` the key for apps\n",
+                   NODE_FLEET_FILE);
+    } else if (rc == 0 && fleet_file) {
+        bool already = false;
+        rc = node_fleet_key_set(home, fleet, &already, err);
+        node_secret_wipe(fleet, sizeof fleet);
+        if (rc)
+            cli_error(argv[0], "%s", err);
+        else
+            printf(already ? "already in this fleet\n" : "joined the fleet (%s)\n",
+                   NODE_FLEET_FILE);
+    } else if (rc == 0) {
+        uint8_t probe[NODE_KEY_BYTES];
+        int frc = node_fleet_key_load(home, probe, err);
+        if (frc == CS_ENOTFOUND)
+            printf("no fleet key: the node runs alone (make a fleet with `cloudlet init "
+                   "--new-fleet`, or join one with `cloudlet init --fleet-key FILE`)\n");
+        else if (frc)
+            fprintf(stderr, "cloudlet %s: warning: %s\n", argv[0], err);
+        node_secret_wipe(probe, sizeof probe);
+    }
+    if (rc == 0) {
+        char text[NODE_KEY_TEXT];
+        printf("the node's public key (%s/%s):\n%s\n", home, NODE_PUB_FILE,
+               node_key_encode(NODE_KEY_NODE_PUBLIC, pk, text));
+    }
     free(home);
     return rc ? CLI_FAIL : CLI_OK;
 }

@@ -42,7 +42,7 @@ int cmd_manifest_show(int argc, char **argv)
     if (co.json) printf("{\"id\": \"%s\", \"parent\": %s%s%s, \"xml_bytes\": %zu, \"images\": [", hex,
                         m->has_parent ? "\"" : "", m->has_parent ? phex : "null",
                         m->has_parent ? "\"" : "", strlen(m->xml));
-    else printf("manifest %s\nparent   %s\nxml      %zu bytes\n\n%-14s %-6s %12s %10s %10s %10s\n", hex,
+    else printf("manifest %s\nparent   %s\nxml      %zu bytes\n\n%-22s %-6s %12s %10s %10s %10s\n", hex,
                 m->has_parent ? phex : "none", strlen(m->xml), "image", "kind", "length", "chunks",
                 "zero", "differs");
     for (size_t i = 0; i < m->nimages; i++) {
@@ -64,7 +64,7 @@ int cmd_manifest_show(int argc, char **argv)
         } else {
             char differs[32] = "-";
             if (m->has_parent) snprintf(differs, sizeof differs, "%llu", (unsigned long long)explicit_);
-            printf("%-14s %-6s %12s %10llu %10llu %10s\n", im->name, kind_name(im->kind),
+            printf("%-22s %-6s %12s %10llu %10llu %10s\n", im->name, kind_name(im->kind),
                    cli_bytes(im->length, len), (unsigned long long)im->nchunks,
                    (unsigned long long)zero, differs);
         }

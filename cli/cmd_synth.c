@@ -4,9 +4,9 @@
 
 static const char usage[] =
     "usage: cloudlet synth [--home DIR] [--json] ID|NAME --out DIR\n\n"
-    "Rebuilds a VM from the store alone into DIR: disk.raw (sparse) and domain.xml. Every\n"
-    "chunk is checked against its id; files appear only when whole. Prints the time of each\n"
-    "stage.\n\n"
+    "Rebuilds a VM from the store alone into DIR: disk.raw (sparse), memory.save (a libvirt\n"
+    "save file, for a VM with a memory snapshot) and domain.xml. Every chunk is checked\n"
+    "against its id; files appear only when whole. Prints the time of each stage.\n\n"
     "  --out DIR    where to write (created if missing)\n"
     "  --json       machine-readable report\n"
     "  --home DIR   the node home\n";
@@ -43,16 +43,22 @@ int cmd_synth(int argc, char **argv)
         goto done;
     }
     double mbs = r.disk_s > 0 ? (double)r.disk_bytes / r.disk_s / 1e6 : 0;
+    double mem_mbs = r.memory_s > 0 ? (double)r.memory_bytes / r.memory_s / 1e6 : 0;
     if (co.json) {
         printf("{\"resolve_s\": %.3f, \"disk_s\": %.3f, \"disk_bytes\": %llu, \"disk_written\": %llu, "
-               "\"disk_mb_per_s\": %.1f}\n",
+               "\"disk_mb_per_s\": %.1f, \"memory_s\": %.3f, \"memory_bytes\": %llu}\n",
                r.resolve_s, r.disk_s, (unsigned long long)r.disk_bytes,
-               (unsigned long long)r.disk_written, mbs);
+               (unsigned long long)r.disk_written, mbs, r.memory_s,
+               (unsigned long long)r.memory_bytes);
     } else {
         char a[32], b[32];
         printf("resolve  %.3f s\n", r.resolve_s);
-        printf("disk     %.3f s  %s (%s of data, the rest holes), %.0f MB/s\n", r.disk_s,
-               cli_bytes(r.disk_bytes, a), cli_bytes(r.disk_written, b), mbs);
+        if (r.disk_bytes)
+            printf("disk     %.3f s  %s (%s of data, the rest holes), %.0f MB/s\n", r.disk_s,
+                   cli_bytes(r.disk_bytes, a), cli_bytes(r.disk_written, b), mbs);
+        if (r.memory_bytes)
+            printf("memory   %.3f s  %s save file, %.0f MB/s\n", r.memory_s,
+                   cli_bytes(r.memory_bytes, a), mem_mbs);
     }
     status = CLI_OK;
 done:

@@ -6,18 +6,24 @@
 #include <string.h>
 
 static const char usage[] =
-    "usage: cloudlet vm import --disk FILE [--name NAME] [--xml DOMAIN.xml] [--parent ID|NAME]\n"
-    "                          [--home DIR] [--json]\n\n"
-    "Stores a VM — its raw disk image and its libvirt domain XML — as a pinned manifest and\n"
-    "prints its id as the last line. The disk is read sparse-aware: holes (blocks the guest\n"
-    "discarded with TRIM on a disk with discard='unmap') and zero blocks cost nothing. A qcow2\n"
-    "disk is refused with the `qemu-img convert` command that makes it raw.\n\n"
+    "usage: cloudlet vm import [--disk FILE] [--memory FILE.save] [--name NAME] [--xml DOMAIN.xml]\n"
+    "                          [--parent ID|NAME] [--home DIR] [--json]\n\n"
+    "Stores a VM — its raw disk image, its memory snapshot and its libvirt domain XML — as a\n"
+    "pinned manifest and prints its id as the last line. The disk is read sparse-aware: holes\n"
+    "(blocks the guest discarded with TRIM on a disk with discard='unmap') and zero blocks cost\n"
+    "nothing. A qcow2 disk is refused with the `qemu-img convert` command that makes it raw.\n\n"
+    "The memory snapshot is an uncompressed libvirt save file (`virsh save`): each guest RAM\n"
+    "block becomes a RAM image (zero pages cost nothing) and the rest (libvirt header, domain\n"
+    "XML, device state) the image \"state\". Without --xml, the domain XML is the save file's.\n"
+    "A damaged or truncated save file is refused with the byte offset where it goes wrong, and\n"
+    "nothing is stored.\n\n"
     "With --parent (the base VM), the manifest records only the chunks that differ from the\n"
     "parent, and the report says for each image how many chunks are zero, the same as the\n"
     "parent's at the same place, already held elsewhere (base disk, base memory, itself),\n"
     "delta-encodable against the parent's chunk at the same place, or new; and the overlay\n"
     "bytes: what a node that holds the parent would need.\n\n"
     "  --disk FILE      the raw disk image\n"
+    "  --memory FILE    the libvirt save file (memory snapshot)\n"
     "  --name NAME      a name for the VM in this store\n"
     "  --xml FILE       the libvirt domain XML\n"
     "  --parent ID      the base VM (a manifest id or name)\n"
@@ -27,12 +33,12 @@ static const char usage[] =
 void cli_print_import_report(const node_import_report *r);
 void cli_print_import_report(const node_import_report *r)
 {
-    printf("%-14s %10s %10s %10s %10s %10s %10s %10s\n", "image", "length", "chunks", "zero",
+    printf("%-22s %10s %10s %10s %10s %10s %10s %10s\n", "image", "length", "chunks", "zero",
            "as-parent", "dedup", "delta", "new");
     for (size_t i = 0; i < r->nimages; i++) {
         const node_image_report *x = &r->images[i];
         char len[32];
-        printf("%-14s %10s %10llu %10llu %10llu %10llu %10llu %10llu\n", x->name,
+        printf("%-22s %10s %10llu %10llu %10llu %10llu %10llu %10llu\n", x->name,
                cli_bytes(x->length, len), (unsigned long long)x->chunks,
                (unsigned long long)x->zero, (unsigned long long)x->same_as_parent,
                (unsigned long long)x->dedup, (unsigned long long)x->delta,
@@ -49,13 +55,14 @@ void cli_print_import_report(const node_import_report *r)
 
 int cmd_vm_import(int argc, char **argv)
 {
-    enum { OPT_DISK = 0x200, OPT_NAME, OPT_XML, OPT_PARENT };
+    enum { OPT_DISK = 0x200, OPT_NAME, OPT_XML, OPT_PARENT, OPT_MEMORY };
     static const struct option opts[] = {CLI_COMMON_OPTIONS,
                                          {"json", no_argument, NULL, CLI_OPT_JSON},
                                          {"disk", required_argument, NULL, OPT_DISK},
                                          {"name", required_argument, NULL, OPT_NAME},
                                          {"xml", required_argument, NULL, OPT_XML},
                                          {"parent", required_argument, NULL, OPT_PARENT},
+                                         {"memory", required_argument, NULL, OPT_MEMORY},
                                          {0}};
     cli_common co = {0};
     node_vm_import_opts o = {0};
@@ -68,10 +75,12 @@ int cmd_vm_import(int argc, char **argv)
         case OPT_NAME: o.name = optarg; break;
         case OPT_XML: o.xml_file = optarg; break;
         case OPT_PARENT: parent = optarg; break;
+        case OPT_MEMORY: o.memory = optarg; break;
         }
     }
     if (optind < argc) return cli_usage_error(usage, argv[0], "unexpected argument %s", argv[optind]);
-    if (!o.disk) return cli_usage_error(usage, argv[0], "--disk FILE is required");
+    if (!o.disk && !o.memory)
+        return cli_usage_error(usage, argv[0], "--disk FILE or --memory FILE is required");
     cs_store *st = cli_open_store(argv[0], &co, true);
     if (!st) return CLI_FAIL;
     cs_id pid, id;

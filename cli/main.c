@@ -1,6 +1,7 @@
 /* main.c — the `cloudlet` command: a table of subcommands, one file each (cmd_*.c). */
 #include "cli.h"
 
+#include <signal.h>
 #include <string.h>
 
 static const struct {
@@ -8,11 +9,15 @@ static const struct {
     cli_cmd_fn fn;
     const char *summary;
 } commands[] = {
-    {"init", NULL, cmd_init, "create a node home and its chunk store"},
+    {"init", NULL, cmd_init, "create a node home, its store and keys; make or join a fleet"},
+    {"fleet-key", NULL, cmd_fleet_key, "print the fleet key for nodes, or the client key for apps"},
     {"status", NULL, cmd_status, "ask the node's daemon how it is"},
+    {"peers", NULL, cmd_peers, "list the nodes of the fleet the daemon knows"},
     {"ls", NULL, cmd_ls, "list the VMs and files in the store"},
     {"vm", "import", cmd_vm_import, "store a VM (disk, domain XML) as a manifest; print its id"},
     {"synth", NULL, cmd_synth, "rebuild a VM's files from the store alone"},
+    {"launch", NULL, cmd_launch, "synthesize a VM and resume it on this machine (--local)"},
+    {"vm", "capture", cmd_vm_capture, "save a running libvirt domain into the store; print its id"},
     {"manifest", "show", cmd_manifest_show, "show what a manifest holds and how it was imported"},
     {"store", "add", cmd_store_add, "chunk files into the store; print their ids"},
     {"store", "cat", cmd_store_cat, "write a stored file back, bit-identical"},
@@ -41,6 +46,9 @@ static void help(FILE *f)
 
 int main(int argc, char **argv)
 {
+    /* Under a file size limit (ulimit -f) a write that passes it then fails with EFBIG, which
+     * the store reports as "no space left", instead of the signal killing the command. */
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) {
         help(stderr);
         return CLI_USAGE;

@@ -7,7 +7,13 @@ want=${1:-build}
 pkgs=(build-essential cmake pkg-config libuv1-dev libsodium-dev liblmdb-dev libzstd-dev
       libvirt-dev e2fsprogs)
 if [ "$want" = test ]; then
-    pkgs+=(python3 util-linux)
+    # The VM tests: QEMU, libvirt's daemon with its QEMU driver (libvirt-daemon-system also
+    # makes the libvirt-qemu user QEMU runs as), virsh, and what tests/vm/build-guest.sh
+    # builds the test guest with (busybox-static, cpio, kmod; the kernel is fetched with
+    # apt-get download).
+    pkgs+=(python3 util-linux qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu
+           libvirt-clients busybox-static cpio kmod
+           iproute2 iptables)  # the network-namespace tests (ip netns, veth, bridge; loss)
 fi
 
 missing=()

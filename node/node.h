@@ -87,13 +87,16 @@ char *node_import_report_json(const node_import_report *r, const cs_id *id, cons
 
 typedef struct node_vm_import_opts {
     const char *name;     /* names the manifest in the store (may be NULL) */
-    const char *disk;     /* raw disk image (sparse-aware); required */
+    const char *disk;     /* raw disk image (sparse-aware); may be NULL when memory is given */
     const char *xml_file; /* libvirt domain XML (may be NULL) */
+    const char *memory;   /* libvirt save file (docs/savefile.md), may be NULL; its domain XML
+                             is used when xml_file is NULL */
     const cs_id *parent;  /* the base VM's manifest id (may be NULL) */
 } node_vm_import_opts;
 
 /* Stores a VM as a pinned manifest and reports per image how its chunks relate to the parent.
- * A qcow2 disk is refused with an error naming the `qemu-img convert` command. */
+ * A qcow2 disk is refused with an error naming the `qemu-img convert` command; a bad save file
+ * with the byte offset where it goes wrong. The manifest is stored only when every image is. */
 int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
                    node_import_report *report, cs_progress_fn progress, void *arg,
                    char err[NODE_ERRMSG]);
@@ -105,12 +108,99 @@ typedef struct node_synth_report {
     double disk_s;        /* writing disk.raw */
     uint64_t disk_bytes;  /* logical bytes of the disk */
     uint64_t disk_written;/* non-zero bytes written (the rest are holes) */
+    double memory_s;      /* writing memory.save (0 for a VM without memory snapshot) */
+    uint64_t memory_bytes;/* bytes of memory.save */
 } node_synth_report;
 
 /* Rebuilds a VM from the store alone into directory outdir (created if missing): disk.raw
- * (sparse) and domain.xml. Every chunk is verified against its id on the way. */
+ * (sparse) when it has a disk, memory.save (a libvirt save file) when it has a memory
+ * snapshot, and domain.xml. Every chunk is verified against its id on the way. */
 int node_vm_synth(cs_store *st, const cs_id *id, const char *outdir, node_synth_report *report,
                   cs_progress_fn progress, void *arg, char err[NODE_ERRMSG]);
+
+/* ---- memory snapshots: libvirt save files (docs/savefile.md) -------------------------------- */
+
+/* Writes the memory snapshot of VM manifest m (resolved; it has RAM and state images) as a libvirt
+ * save file to fd, sequentially (fd may be a pipe or FIFO). xml, when not NULL, replaces the
+ * domain XML in its header. Every chunk is verified on the way; progress gets bytes of RAM. */
+int node_savefile_write(cs_store *st, const cs_manifest *m, const char *xml, int fd,
+                        cs_progress_fn progress, void *arg, char err[NODE_ERRMSG]);
+/* True when manifest m holds a memory snapshot (a state image and at least one RAM image). */
+bool node_vm_has_memory(const cs_manifest *m);
+
+/* ---- libvirt control: capture and local launch (docs/launch.md; library node_libvirt) ------- */
+
+typedef enum node_accel {
+    NODE_ACCEL_AUTO = 0, /* detect: KVM when it really runs guest code at native speed */
+    NODE_ACCEL_KVM = 1,  /* <domain type='kvm'> */
+    NODE_ACCEL_TCG = 2,  /* <domain type='qemu'>: QEMU's emulator */
+} node_accel;
+
+/* "kvm" or "tcg". */
+const char *node_accel_name(node_accel a);
+/* KVM when /dev/kvm opens, runs a few million guest instructions within a bounded time (in a
+ * child process, so a hung shim costs that time only) and libvirt at uri (NULL:
+ * qemu:///system) reports QEMU with KVM; TCG otherwise. $CLOUDLET_ACCEL=kvm|tcg overrides. */
+node_accel node_accel_detect(const char *uri);
+
+/* What node_vm_xml_rewrite changes in a domain XML; NULL fields are left as they are. */
+typedef struct node_vm_xml_edit {
+    const char *name;         /* the <name> */
+    const char *uuid;         /* the <uuid> (inserted after <name> when absent) */
+    const char *disk;         /* the source file of the first <disk device='disk'> */
+    node_accel accel;         /* <domain type=…>: kvm or qemu; AUTO leaves it */
+    const char *serial_sock;  /* the first <serial type='unix'>'s socket, wherever its path is */
+    const char *serial_log;   /* that serial's <log file=…>, wherever that path is */
+} node_vm_xml_edit;
+
+/* Rewrites a domain XML as a string: elements and attributes are found with a small tag
+ * scanner (comments, CDATA and processing instructions skipped, either quote style), values
+ * are escaped. The disk must be type='file'. Returns 0 and a malloc'd *out, or CS_EFORMAT with
+ * the reason in err. */
+int node_vm_xml_rewrite(const char *xml, const node_vm_xml_edit *e, char **out,
+                        char err[NODE_ERRMSG]);
+/* The first <disk device='disk'>'s source file and driver type (either may be NULL): malloc'd
+ * strings in *file and *format (NULL when absent). 0 or CS_EFORMAT. */
+int node_vm_xml_first_disk(const char *xml, char **file, char **format, char err[NODE_ERRMSG]);
+
+/* Saves running domain `domain` (a name or UUID) of libvirt at uri (NULL: qemu:///system) with
+ * virDomainSave to a temporary file in tmpdir, then imports it with node_vm_import (o->disk
+ * and o->memory are filled in here: the disk is the domain XML's first disk, which must be a
+ * raw file) and removes the file. The domain stops: it is saved, not copied while running. */
+int node_vm_capture(cs_store *st, const char *uri, const char *domain, const char *tmpdir,
+                    const node_vm_import_opts *o, cs_id *id, node_import_report *report,
+                    cs_progress_fn progress, void *arg, char err[NODE_ERRMSG]);
+
+typedef struct node_launch_opts {
+    const char *uri;  /* NULL: qemu:///system */
+    const char *name; /* the new domain's name; required, no domain may have it yet */
+    const char *dir;  /* the launch directory: created, must not exist; holds disk.raw,
+                         domain.xml and the console socket and log while the domain runs */
+    bool fifo;        /* stream the save file through a FIFO into the restore */
+    node_accel accel; /* AUTO: node_accel_detect */
+} node_launch_opts;
+
+typedef struct node_launch_report {
+    node_accel accel;
+    bool booted;          /* a VM without memory snapshot: booted, not resumed */
+    double resolve_s;     /* loading and resolving the manifest chain */
+    double disk_s;        /* writing disk.raw */
+    double memory_s;      /* writing the save file (with fifo: while restore reads it) */
+    double restore_s;     /* virDomainRestoreFlags (or virDomainCreateXML when booted); with
+                             fifo it overlaps memory_s */
+    double total_s;
+    uint64_t disk_bytes, memory_bytes;
+    char uuid[37];
+} node_launch_report;
+
+/* Synthesizes VM id from the store into o->dir and resumes it (restores its memory snapshot)
+ * or, without one, boots it, as domain o->name with a new UUID, its first disk on disk.raw,
+ * the domain type of o->accel and its first unix serial console in o->dir. The domain is
+ * transient: destroying it removes it from libvirt; o->dir stays until removed. On failure
+ * nothing is left: no domain, and o->dir is removed with everything in it. */
+int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *o,
+                         node_launch_report *report, cs_progress_fn progress, void *arg,
+                         char err[NODE_ERRMSG]);
 
 /* ---- the node home ------------------------------------------------------------------------- */
 
@@ -120,6 +210,78 @@ int node_vm_synth(cs_store *st, const cs_id *id, const char *outdir, node_synth_
 char *node_home(const char *explicit_home);
 /* A malloc'd "<home>/<name>". */
 char *node_home_path(const char *home, const char *name);
+
+/* ---- keys (docs/keys.md) ------------------------------------------------------------------- */
+
+/* Every key is 32 bytes: a node's X25519 key pair, the fleet key every node of a fleet shares,
+ * and keys derived from the fleet key with crypto_kdf (context "cloudlet"). */
+#define NODE_KEY_BYTES  32
+#define NODE_KEY_TEXT   96 /* a key's text line, "<kind>:<64 hex digits>", with its NUL */
+#define NODE_KEY_FILE   "node.key"  /* in the home: the node's secret key, 0600 */
+#define NODE_PUB_FILE   "node.pub"  /* its public key, 0644 (a copy; node.key is what counts) */
+#define NODE_FLEET_FILE "fleet.key" /* the fleet key, 0600; absent on a node alone */
+
+typedef enum node_key_kind {
+    NODE_KEY_NODE_SECRET = 0, /* "cloudlet-node-secret-key:" */
+    NODE_KEY_NODE_PUBLIC = 1, /* "cloudlet-node-key:" */
+    NODE_KEY_FLEET = 2,       /* "cloudlet-fleet-key:" */
+    NODE_KEY_CLIENT = 3,      /* "cloudlet-client-key:" (handed to apps) */
+} node_key_kind;
+
+/* The key's text line (no newline) into out, lowercase hex; returns out. */
+const char *node_key_encode(node_key_kind kind, const uint8_t key[NODE_KEY_BYTES],
+                            char out[NODE_KEY_TEXT]);
+/* Decodes a key line of the given kind; whitespace around it (a final newline) is allowed. A
+ * key of another kind, a wrong number of digits or anything else is CS_EFORMAT with err saying
+ * which. A pure function of the bytes. */
+int node_key_decode(const char *text, size_t len, node_key_kind kind, uint8_t key[NODE_KEY_BYTES],
+                    char err[NODE_ERRMSG]) __attribute__((warn_unused_result));
+/* Reads a key file: CS_ENOTFOUND when it is missing. With check_mode (a node's own key files),
+ * the file must be a regular file, and a secret kind in a file that group or others may access
+ * is refused with -EACCES and err naming the file and the chmod that fixes it; without it
+ * (a copy handed over) a pipe or terminal will do too. Errors in err name the file. */
+int node_key_read(const char *path, node_key_kind kind, bool check_mode,
+                  uint8_t key[NODE_KEY_BYTES], char err[NODE_ERRMSG])
+    __attribute__((warn_unused_result));
+/* Writes a key file whole or not at all (temporary file, fsync, rename or link, fsync of the
+ * directory): mode 0600, 0644 for a public key. Without replace an existing path is left as it
+ * is and -EEXIST returned. */
+int node_key_write(const char *path, node_key_kind kind, const uint8_t key[NODE_KEY_BYTES],
+                   bool replace, char err[NODE_ERRMSG]) __attribute__((warn_unused_result));
+
+/* Makes the node's key pair in home (node.key and node.pub) unless node.key exists: an existing
+ * key is never replaced. pk receives the node's public key, *created whether it is new.
+ * node.pub is rewritten from node.key when it is missing or differs. */
+int node_keypair_init(const char *home, uint8_t pk[NODE_KEY_BYTES], bool *created,
+                      char err[NODE_ERRMSG]) __attribute__((warn_unused_result));
+/* Makes a fresh random fleet key in home; -EEXIST if home has a fleet key already. */
+int node_fleet_key_new(const char *home, char err[NODE_ERRMSG])
+    __attribute__((warn_unused_result));
+/* Joins home to the fleet of key fleet. The same key already there is success (*already);
+ * a different one is -EEXIST and is left as it is. */
+int node_fleet_key_set(const char *home, const uint8_t fleet[NODE_KEY_BYTES], bool *already,
+                       char err[NODE_ERRMSG]) __attribute__((warn_unused_result));
+/* home's fleet key; CS_ENOTFOUND (err saying how to make or join a fleet) when it has none. */
+int node_fleet_key_load(const char *home, uint8_t fleet[NODE_KEY_BYTES], char err[NODE_ERRMSG])
+    __attribute__((warn_unused_result));
+/* The client key apps authenticate with: crypto_kdf subkey 3 of the fleet key. */
+void node_client_key(const uint8_t fleet[NODE_KEY_BYTES], uint8_t client[NODE_KEY_BYTES]);
+/* Zeroes a secret (a key, its text) in a way the compiler cannot drop (sodium_memzero). */
+void node_secret_wipe(void *secret, size_t len);
+
+/* What a daemon runs with. Holds secrets: wipe with node_keys_wipe. */
+typedef struct node_keys {
+    uint8_t node_pk[NODE_KEY_BYTES];
+    uint8_t node_sk[NODE_KEY_BYTES];
+    uint8_t fleet[NODE_KEY_BYTES];
+    bool has_fleet; /* false: no fleet.key, the node runs alone */
+} node_keys;
+/* Loads node.key (required) and fleet.key (optional) from home, refusing key files that group
+ * or others may access. On error k is wiped. */
+int node_keys_load(const char *home, node_keys *k, char err[NODE_ERRMSG])
+    __attribute__((warn_unused_result));
+/* Zeroes k (NULL is fine). */
+void node_keys_wipe(node_keys *k);
 
 /* ---- logging ---------------------------------------------------------------------------------- */
 

@@ -117,13 +117,17 @@ static void status_work(uv_work_t *w)
         c->reply = jsonf("{\"error\": \"store: %s\"}\n", cs_strerror(rc));
         return;
     }
+    char pk[NODE_KEY_TEXT];
+    node_key_encode(NODE_KEY_NODE_PUBLIC, d->keys.node_pk, pk);
     c->reply = jsonf("{\"version\": \"%s\", \"pid\": %ld, \"home\": \"%s\", \"uptime_s\": %llu, "
                      "\"listen\": \"%s:%u\", \"discovery\": %s, "
+                     "\"node_key\": \"%s\", \"fleet\": %s, "
                      "\"store\": {\"chunks\": %llu, \"logical_bytes\": %llu, \"stored_bytes\": %llu, "
                      "\"disk_bytes\": %llu, \"manifests\": %llu, \"pinned\": %llu}}\n",
                      CLOUDLET_VERSION, (long)getpid(), home,
                      (unsigned long long)((uv_now(&d->loop) - d->started_ms) / 1000),
                      d->cfg.listen.host, d->cfg.listen.port, d->cfg.discovery ? "true" : "false",
+                     pk, d->keys.has_fleet ? "true" : "false",
                      (unsigned long long)s.chunks, (unsigned long long)s.logical_bytes,
                      (unsigned long long)s.stored_bytes, (unsigned long long)s.disk_bytes,
                      (unsigned long long)s.manifests, (unsigned long long)s.pinned);
@@ -154,6 +158,8 @@ static void dispatch(client *c, char *line)
             return;
         }
         c->reply = strdup("{\"error\": \"cannot queue the request\"}\n");
+    } else if (!strcmp(line, "peers")) {
+        c->reply = node__peers_json(c->d); /* the table lives on the loop: answered here */
     } else {
         char req[64];
         json_escape(line, req, sizeof req);

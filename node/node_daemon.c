@@ -56,6 +56,7 @@ int node_daemon_prepare(node_daemon *d, const node_daemon_opts *o, char err[NODE
         return CS_EFORMAT;
     }
     node_log_set_level(d->cfg.log_level);
+    if ((rc = node_keys_load(d->home, &d->keys, err))) return rc;
 
     char *lock = node_home_path(d->home, "cloudletd.lock");
     d->lock_fd = lock ? open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
@@ -122,6 +123,17 @@ int node_daemon_start(node_daemon *d, char err[NODE_ERRMSG])
     }
     node_log(NODE_LOG_INFO, "cloudletd %s serving %s (control socket %s)", CLOUDLET_VERSION,
              d->home, d->control_path);
+    char pk[NODE_KEY_TEXT];
+    node_log(NODE_LOG_INFO, "node key %s",
+             node_key_encode(NODE_KEY_NODE_PUBLIC, d->keys.node_pk, pk));
+    if (!d->keys.has_fleet)
+        node_log(NODE_LOG_WARN, "no fleet key: this node runs alone, with no peers and no apps "
+                                "(join a fleet with `cloudlet init --fleet-key FILE`)");
+    if ((rc = node__discovery_start(d, err))) {
+        node_daemon_stop(d);
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+        return rc;
+    }
     return 0;
 }
 
@@ -130,6 +142,7 @@ void node_daemon_stop(node_daemon *d)
     if (d->stopping) return;
     d->stopping = true;
     node__control_close(d);
+    node__discovery_stop(d);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
 }
@@ -144,6 +157,7 @@ int node_daemon_run(node_daemon *d)
 void node_daemon_free_parent(node_daemon *d)
 {
     if (d->lock_fd >= 0) close(d->lock_fd); /* the child holds the lock through its own fd */
+    node_keys_wipe(&d->keys);
     free(d->control_path);
     free(d->home);
     memset(d, 0, sizeof *d);
@@ -155,9 +169,11 @@ void node_daemon_free(node_daemon *d)
         int rc = uv_loop_close(&d->loop);
         if (rc) node_log(NODE_LOG_WARN, "event loop closed with live handles: %s", uv_strerror(rc));
     }
+    node__discovery_free(d);
     cs_close(d->st);
     if (d->control_path) unlink(d->control_path);
     if (d->lock_fd >= 0) close(d->lock_fd);
+    node_keys_wipe(&d->keys);
     free(d->control_path);
     free(d->home);
     memset(d, 0, sizeof *d);

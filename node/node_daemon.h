@@ -2,6 +2,7 @@
 #ifndef CLOUDLET_NODE_DAEMON_H
 #define CLOUDLET_NODE_DAEMON_H
 
+#include "net.h"
 #include "node.h"
 
 #include <uv.h>
@@ -9,6 +10,8 @@
 typedef struct node_daemon_opts {
     const char *home, *config, *log_level; /* NULL = defaults */
 } node_daemon_opts;
+
+typedef struct node__discovery node__discovery;
 
 typedef struct node_daemon {
     uv_loop_t loop;
@@ -18,12 +21,15 @@ typedef struct node_daemon {
     node_config cfg;
     char *home, *control_path;
     cs_store *st;
+    node_keys keys; /* the node's key pair and the fleet key, loaded by prepare */
     int lock_fd;
     uint64_t started_ms;
     unsigned control_clients;
+    node__discovery *disc; /* beacons and the peer table; NULL when the node has none */
 } node_daemon;
 
-/* Reads the configuration and takes the home's lock; nothing runs yet (safe to fork after). */
+/* Reads the configuration and the keys (refusing key files others may read) and takes the
+ * home's lock; nothing runs yet (safe to fork after). */
 int node_daemon_prepare(node_daemon *d, const node_daemon_opts *o, char err[NODE_ERRMSG]);
 /* Opens the store and sets up the loop: signals, the control socket. */
 int node_daemon_start(node_daemon *d, char err[NODE_ERRMSG]);
@@ -40,5 +46,49 @@ void node_daemon_stop(node_daemon *d);
 /* The control socket (node_control.c). */
 int node__control_listen(node_daemon *d, char err[NODE_ERRMSG]);
 void node__control_close(node_daemon *d);
+
+/* LAN discovery and the peer table (node_peers.c, docs/discovery.md). start does nothing for a
+ * node without a fleet key, or with discovery off and no static peers. stop closes its handles;
+ * free releases the rest once the loop has ended. */
+int node__discovery_start(node_daemon *d, char err[NODE_ERRMSG]);
+void node__discovery_stop(node_daemon *d);
+void node__discovery_free(node_daemon *d);
+/* The answer to the control socket's `peers` request: one JSON line (malloc'd; NULL when out of
+ * memory). */
+char *node__peers_json(node_daemon *d);
+
+typedef struct node__discovery_counters {
+    uint64_t received, accepted; /* datagrams; beacons believed */
+    uint64_t foreign;            /* not a beacon of this fleet (malformed or not authentic) */
+    uint64_t replayed, stale, own, table_full, expired;
+    uint64_t sent, send_failed, prompts, join_failed;
+} node__discovery_counters;
+
+/* The peer table: node key -> where it was heard, its TCP port, its instance and summary.
+ * Pure (time is the caller's, in ms), bounded by max. */
+typedef struct node__peer {
+    uint8_t pk[NET_KEY_BYTES];
+    char ip[64];       /* the source address of its beacons */
+    uint16_t port;     /* its TCP port, from the beacon */
+    uint64_t instance, seq;
+    uint64_t first_ms, last_ms;
+    uint64_t chunks, manifests;
+    int static_idx;    /* the static peer (cfg.peers index) at that address, or -1 */
+} node__peer;
+typedef struct node__peer_table {
+    node__peer *p;
+    unsigned n, max;
+} node__peer_table;
+int node__peer_table_init(node__peer_table *t, unsigned max);
+void node__peer_table_free(node__peer_table *t);
+node__peer *node__peer_find(node__peer_table *t, const uint8_t pk[NET_KEY_BYTES]);
+/* Records a beacon the filter believed: 1 for a peer the table did not hold, 0 for one it did,
+ * -ENOSPC (nothing kept) for a newcomer while the table is full. */
+int node__peer_heard(node__peer_table *t, const net_beacon *b, const char *ip, int static_idx,
+                     uint64_t now_ms);
+/* Removes the peers silent for more than timeout_ms, calling gone (may be NULL) for each first;
+ * returns how many. */
+unsigned node__peer_expire(node__peer_table *t, uint64_t now_ms, uint64_t timeout_ms,
+                           void (*gone)(const node__peer *p, void *arg), void *arg);
 
 #endif

@@ -77,4 +77,69 @@ uint64_t node_plan_peer_inflight(const node_plan *p, unsigned peer);
 uint64_t node_plan_peer_failures(const node_plan *p, unsigned peer);
 bool node_plan_done(const node_plan *p);
 
+/* ---- libvirt save files (vm_savefile.c, docs/savefile.md) ---- */
+
+#define NODE__SAVEFILE_MAX_BLOCKS 256u
+
+typedef struct node__savefile_block {
+    char name[256];  /* QEMU's RAM block id, e.g. pc.ram */
+    uint64_t length; /* used length: a whole number of 4 KiB pages */
+} node__savefile_block;
+
+/* What the parser learnt; pointers point into the parsed buffer. */
+typedef struct node__savefile_info {
+    uint8_t header[92];        /* the libvirt header (a FIFO-style file's final one), magic
+                                  LibvirtQemudSave */
+    uint32_t data_len;         /* the XML region's length */
+    uint32_t cookie_off;       /* the cookie's offset in the region (0: none) */
+    uint32_t was_running;
+    const uint8_t *region;     /* the XML region: domain XML, NUL, cookie, NUL, zero padding */
+    size_t xml_len;            /* the domain XML's length (without its NUL) */
+    size_t stream_off, stream_end; /* QEMU's stream in the buffer */
+    char machine[64];          /* the machine type of the CONFIGURATION section, if any */
+    size_t nblocks;
+    node__savefile_block blocks[NODE__SAVEFILE_MAX_BLOCKS];
+    uint64_t ram_bytes;        /* sum of the blocks' lengths */
+    uint64_t pages;            /* page records (ZERO and PAGE) in the stream */
+    uint64_t state_stream_len; /* bytes given to the kept callback */
+    uint64_t insert_at;        /* where, in those bytes, the rebuilt page records go */
+    size_t vmdesc_len;         /* bytes of the trailing JSON VM description */
+} node__savefile_info;
+
+/* Callbacks of the save file parser (each may be NULL); returning non-zero stops the parse
+ * with that code. Pointers are valid during the call only (they point into the buffer). */
+typedef struct node__savefile_visitor {
+    /* The RAM block list is known (once, before any page). */
+    int (*blocks)(const node__savefile_info *info, void *arg);
+    /* A page record, in stream order: later records of a page replace earlier ones. data is
+     * the page's 4096 bytes, or NULL for a ZERO record whose every byte is fill. at is the
+     * record's byte offset in the file. */
+    int (*page)(size_t block, uint64_t offset, const uint8_t *data, uint8_t fill, size_t at,
+                void *arg);
+    /* The next bytes of the state stream: QEMU's stream without its page records. */
+    int (*kept)(const uint8_t *p, size_t n, void *arg);
+} node__savefile_visitor;
+
+/* Parses a whole libvirt save file held in memory (a pure function of the bytes). Errors are
+ * CS_EFORMAT or CS_EVERSION, or a callback's code, with err naming the byte offset. */
+int node__savefile_parse(const uint8_t *buf, size_t len, const node__savefile_visitor *v,
+                         void *arg, node__savefile_info *info, char err[NODE_ERRMSG]);
+
+/* The images a save file added to a manifest: m->images[first .. first + nimages), the RAM
+ * blocks then "state"; status[i] holds a CS_CHUNK_* per position of image first + i. */
+typedef struct node__memimport {
+    size_t first, nimages;
+    uint8_t **status;
+    char *xml;          /* the domain XML of the save file's header (malloc'd) */
+    cs_put_stats stats; /* added to by the import */
+} node__memimport;
+void node__memimport_free(node__memimport *mi);
+
+/* Parses save file buf and stores its RAM and state images into the store, appending them to
+ * m. The caller holds cs_ingest_begin(). On error m may hold some of the images (the caller
+ * drops it) and stored chunks stay unreferenced until gc. */
+int node__savefile_import(cs_store *st, const uint8_t *buf, size_t len, cs_manifest *m,
+                          node__memimport *out, cs_progress_fn progress, void *arg,
+                          char err[NODE_ERRMSG]);
+
 #endif

@@ -8,6 +8,10 @@
  * non-zero chunk at the same place are read back, to see whether a zstd delta pays; that is the
  * same test the overlay export applies, so the report's "delta" count is what travels as
  * deltas. The overlay size is that of the real package, computed by writing it to nowhere.
+ *
+ * A memory snapshot (a libvirt save file, vm_savefile.c) adds one RAM image per guest RAM
+ * block and a state image, classified the same way. The manifest is stored only when every
+ * image is; chunks stored before a failure stay unreferenced until the next gc.
  */
 #define _GNU_SOURCE
 #include "node.h"
@@ -19,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -100,6 +105,13 @@ static void progress_one(uint64_t done, uint64_t total, void *arg)
     if (p->fn) p->fn(p->before + done, p->total, p->arg);
 }
 
+/* The memory import knows its own total only once the save file is parsed. */
+static void progress_mem(uint64_t done, uint64_t total, void *arg)
+{
+    struct progress_all *p = arg;
+    if (p->fn) p->fn(p->before + done, p->before + total, p->arg);
+}
+
 static bool is_qcow2(int fd)
 {
     uint8_t magic[4];
@@ -129,39 +141,28 @@ static char *read_text(const char *path, char err[NODE_ERRMSG])
     return text;
 }
 
-int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
-                   node_import_report *report, cs_progress_fn progress, void *arg,
-                   char err[NODE_ERRMSG])
+/* Appends the report of image im (chunked with per-position status) to report. */
+static int report_image(cs_store *st, const cs_image *im, const uint8_t *status,
+                        const cs_manifest *parent, node_import_report *report)
 {
-    memset(report, 0, sizeof *report);
-    cs_manifest *m = cs_manifest_new(), *parent = NULL;
-    uint8_t *status = NULL, *buf = NULL;
-    size_t len = 0;
-    char hex[CS_ID_HEX + 1];
-    bool ingesting = false;
-    int fd = -1, rc = m ? 0 : -ENOMEM;
-    if (rc) goto out;
-    if (o->parent && (rc = cs_manifest_get(st, o->parent, &parent))) {
-        errf(err, "parent %s: %s", cs_id_to_hex(o->parent, hex),
-             rc == CS_ENOTFOUND ? "no such manifest in this store" : cs_strerror(rc));
-        goto out;
-    }
-    if (o->xml_file) {
-        char *xml = read_text(o->xml_file, err);
-        if (!xml) {
-            rc = CS_EFORMAT;
-            goto out;
-        }
-        rc = cs_manifest_set_xml(m, xml);
-        free(xml);
-        if (rc) {
-            errf(err, "%s: %s", o->xml_file, cs_strerror(rc));
-            goto out;
-        }
-    }
-    else if (parent && (rc = cs_manifest_set_xml(m, parent->xml))) /* a derived VM inherits it */
-        goto out;
-    fd = open(o->disk, O_RDONLY | O_CLOEXEC);
+    node_image_report *grown = realloc(report->images, (report->nimages + 1) * sizeof *grown);
+    if (!grown) return -ENOMEM;
+    report->images = grown;
+    node_image_report *r = &report->images[report->nimages++];
+    memset(r, 0, sizeof *r);
+    snprintf(r->name, sizeof r->name, "%s", im->name);
+    r->kind = im->kind;
+    r->length = im->length;
+    const cs_image *pim = parent ? cs_manifest_find_image(parent, im->name) : NULL;
+    return classify(st, im, status, pim, r);
+}
+
+static int import_disk(cs_store *st, const node_vm_import_opts *o, cs_manifest *m,
+                       const cs_manifest *parent, node_import_report *report,
+                       struct progress_all *pa, char err[NODE_ERRMSG])
+{
+    uint8_t *status = NULL;
+    int fd = open(o->disk, O_RDONLY | O_CLOEXEC), rc = 0;
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) != 0) {
         rc = -errno;
@@ -186,29 +187,118 @@ int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
     }
     cs_image *disk = cs_manifest_add_image(m, CS_IMAGE_DISK, "disk", size);
     status = disk ? malloc(disk->nchunks ? disk->nchunks : 1) : NULL;
-    report->images = calloc(1, sizeof *report->images);
-    if (!disk || !status || !report->images) {
+    if (!disk || !status) {
         rc = -ENOMEM;
         goto out;
     }
-    if ((rc = cs_ingest_begin(st))) goto out;
-    ingesting = true;
-    struct progress_all pa = {0, size, progress, arg};
+    pa->total += size;
     cs_put_stats ps = {0};
-    if ((rc = cs_image_import_fd(st, fd, disk, 0, progress_one, &pa, &ps, status))) {
+    if ((rc = cs_image_import_fd(st, fd, disk, 0, progress_one, pa, &ps, status))) {
         errf(err, "importing %s: %s", o->disk, cs_strerror(rc));
         goto out;
     }
-    report->stored_bytes = ps.stored_bytes;
-    node_image_report *r = &report->images[report->nimages++];
-    snprintf(r->name, sizeof r->name, "%s", disk->name);
-    r->kind = disk->kind;
-    r->length = disk->length;
-    const cs_image *pim = parent ? cs_manifest_find_image(parent, disk->name) : NULL;
-    if ((rc = classify(st, disk, status, pim, r))) {
+    pa->before += size;
+    report->stored_bytes += ps.stored_bytes;
+    if ((rc = report_image(st, disk, status, parent, report)))
         errf(err, "classifying %s: %s", o->disk, cs_strerror(rc));
+out:
+    if (fd >= 0) close(fd);
+    free(status);
+    return rc;
+}
+
+/* The save file is mapped whole: the parser is a pure function of its bytes, and pages are
+ * chunked straight from the mapping. */
+static int import_memory(cs_store *st, const node_vm_import_opts *o, cs_manifest *m,
+                         const cs_manifest *parent, node_import_report *report,
+                         struct progress_all *pa, char **xml, char err[NODE_ERRMSG])
+{
+    int fd = open(o->memory, O_RDONLY | O_CLOEXEC), rc = 0;
+    struct stat sb;
+    void *map = MAP_FAILED;
+    node__memimport mi = {0};
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        rc = -errno;
+        errf(err, "cannot read %s: %s", o->memory, strerror(errno));
         goto out;
     }
+    if (!S_ISREG(sb.st_mode) || sb.st_size == 0) {
+        errf(err, "%s: not a save file (%s)", o->memory, S_ISREG(sb.st_mode) ? "empty" : "not a regular file");
+        rc = CS_EFORMAT;
+        goto out;
+    }
+    map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) {
+        rc = -errno;
+        errf(err, "cannot map %s: %s", o->memory, strerror(errno));
+        goto out;
+    }
+    madvise(map, (size_t)sb.st_size, MADV_SEQUENTIAL);
+    char perr[NODE_ERRMSG] = "";
+    rc = node__savefile_import(st, map, (size_t)sb.st_size, m, &mi, progress_mem, pa, perr);
+    if (rc) {
+        errf(err, "%s: %s", o->memory, perr[0] ? perr : cs_strerror(rc));
+        goto out;
+    }
+    report->stored_bytes += mi.stats.stored_bytes;
+    for (size_t i = 0; i < mi.nimages && rc == 0; i++) {
+        const cs_image *im = &m->images[mi.first + i];
+        if ((rc = report_image(st, im, mi.status[i], parent, report)))
+            errf(err, "classifying %s: %s", im->name, cs_strerror(rc));
+    }
+    if (rc == 0) *xml = mi.xml, mi.xml = NULL;
+out:
+    node__memimport_free(&mi);
+    if (map != MAP_FAILED) munmap(map, (size_t)sb.st_size);
+    if (fd >= 0) close(fd);
+    return rc;
+}
+
+int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
+                   node_import_report *report, cs_progress_fn progress, void *arg,
+                   char err[NODE_ERRMSG])
+{
+    memset(report, 0, sizeof *report);
+    cs_manifest *m = cs_manifest_new(), *parent = NULL;
+    uint8_t *buf = NULL;
+    char *mem_xml = NULL;
+    size_t len = 0;
+    char hex[CS_ID_HEX + 1];
+    bool ingesting = false;
+    int rc = m ? 0 : -ENOMEM;
+    if (rc) goto out;
+    if (!o->disk && !o->memory) {
+        errf(err, "nothing to import: give a disk image, a save file, or both");
+        rc = CS_EFORMAT;
+        goto out;
+    }
+    if (o->parent && (rc = cs_manifest_get(st, o->parent, &parent))) {
+        errf(err, "parent %s: %s", cs_id_to_hex(o->parent, hex),
+             rc == CS_ENOTFOUND ? "no such manifest in this store" : cs_strerror(rc));
+        goto out;
+    }
+    if (o->xml_file) {
+        char *xml = read_text(o->xml_file, err);
+        if (!xml) {
+            rc = CS_EFORMAT;
+            goto out;
+        }
+        rc = cs_manifest_set_xml(m, xml);
+        free(xml);
+        if (rc) {
+            errf(err, "%s: %s", o->xml_file, cs_strerror(rc));
+            goto out;
+        }
+    }
+    else if (parent && (rc = cs_manifest_set_xml(m, parent->xml))) /* a derived VM inherits it */
+        goto out;
+    if ((rc = cs_ingest_begin(st))) goto out;
+    ingesting = true;
+    struct progress_all pa = {0, 0, progress, arg};
+    if (o->disk && (rc = import_disk(st, o, m, parent, report, &pa, err))) goto out;
+    if (o->memory && (rc = import_memory(st, o, m, parent, report, &pa, &mem_xml, err))) goto out;
+    /* Without --xml, the save file's own domain XML is the VM's. */
+    if (mem_xml && !o->xml_file && (rc = cs_manifest_set_xml(m, mem_xml))) goto out;
 
     if (parent) m->has_parent = true, m->parent = *o->parent;
     if ((rc = cs_manifest_encode(m, parent, &buf, &len, NULL)) ||
@@ -242,9 +332,8 @@ int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
     if (rc) errf(err, "keeping the import report: %s", cs_strerror(rc));
 out:
     if (ingesting) cs_ingest_end(st);
-    if (fd >= 0) close(fd);
     if (rc) node_import_report_free(report);
-    free(status), free(buf);
+    free(buf), free(mem_xml);
     cs_manifest_free(m);
     cs_manifest_free(parent);
     return rc;

@@ -2,7 +2,9 @@
  * vm_synth.c — rebuilding a VM's files from the store.
  *
  * Design notes: the disk goes through the store's ordered reader, so decompression and
- * verification run on worker threads while this thread writes; zero chunks stay holes. Output
+ * verification run on worker threads while this thread writes; zero chunks stay holes. A VM
+ * with a memory snapshot also gets memory.save, a libvirt save file rebuilt by
+ * node_savefile_write (vm_savefile.c) the same way. Output
  * files are written under a temporary name and renamed into place only when whole, so an
  * interrupted synthesis never leaves a file that looks complete.
  */
@@ -77,6 +79,24 @@ static int write_disk(int fd, void *arg)
     return rc;
 }
 
+struct memory_job {
+    cs_store *st;
+    const cs_manifest *m;
+    cs_progress_fn progress;
+    void *arg;
+    char *err;
+    uint64_t bytes;
+};
+
+static int write_memory(int fd, void *arg)
+{
+    struct memory_job *j = arg;
+    int rc = node_savefile_write(j->st, j->m, NULL, fd, j->progress, j->arg, j->err);
+    off_t end = rc == 0 ? lseek(fd, 0, SEEK_CUR) : -1;
+    j->bytes = end > 0 ? (uint64_t)end : 0;
+    return rc;
+}
+
 static int write_xml(int fd, void *arg)
 {
     const char *xml = arg;
@@ -106,8 +126,9 @@ int node_vm_synth(cs_store *st, const cs_id *id, const char *outdir, node_synth_
     }
     report->resolve_s = now_s() - t0;
     const cs_image *disk = cs_manifest_find_image(m, "disk");
-    if (!disk) {
-        errf(err, "manifest %s has no disk image", hex);
+    bool memory = node_vm_has_memory(m);
+    if (!disk && !memory) {
+        errf(err, "manifest %s has neither a disk image nor a memory snapshot", hex);
         rc = CS_EFORMAT;
         goto out;
     }
@@ -116,13 +137,22 @@ int node_vm_synth(cs_store *st, const cs_id *id, const char *outdir, node_synth_
         errf(err, "cannot create %s: %s", outdir, strerror(errno));
         goto out;
     }
-    double t1 = now_s();
-    struct disk_job dj = {st, disk, progress, arg, err};
-    if ((rc = write_file(outdir, "disk.raw", write_disk, &dj, err))) goto out;
-    report->disk_s = now_s() - t1;
-    report->disk_bytes = disk->length;
-    for (uint64_t c = 0; c < disk->nchunks; c++)
-        if (!cs_id_is_zero(&disk->chunks[c])) report->disk_written += CS_CHUNK_SIZE;
+    if (disk) {
+        double t1 = now_s();
+        struct disk_job dj = {st, disk, progress, arg, err};
+        if ((rc = write_file(outdir, "disk.raw", write_disk, &dj, err))) goto out;
+        report->disk_s = now_s() - t1;
+        report->disk_bytes = disk->length;
+        for (uint64_t c = 0; c < disk->nchunks; c++)
+            if (!cs_id_is_zero(&disk->chunks[c])) report->disk_written += CS_CHUNK_SIZE;
+    }
+    if (memory) {
+        double t2 = now_s();
+        struct memory_job mj = {st, m, progress, arg, err, 0};
+        if ((rc = write_file(outdir, "memory.save", write_memory, &mj, err))) goto out;
+        report->memory_s = now_s() - t2;
+        report->memory_bytes = mj.bytes;
+    }
     if (m->xml[0]) rc = write_file(outdir, "domain.xml", write_xml, m->xml, err);
 out:
     cs_manifest_free(m);

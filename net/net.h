@@ -1,0 +1,409 @@
+/*
+ * net.h — cloudlet's network layer: frames, the fleet handshake, the secure channel and
+ * connections over libuv. The wire format is specified in docs/protocol.md.
+ *
+ * Layers, bottom up; each lower layer is pure (bytes in, bytes out, no sockets, no clock, no
+ * randomness of its own except the secretstream headers), so it can be fuzzed and tested alone:
+ *   frames     4-byte big-endian length + body, bounded (net_frame_*)
+ *   handshake  Noise_IKpsk2_25519_ChaChaPoly_BLAKE2b with a cheap MAC pre-check (net_hs_*)
+ *   channel    one crypto_secretstream_xchacha20poly1305 per direction, rekeyed in step,
+ *              a message type byte per frame, a FINAL-tagged close (net_channel_*)
+ *   conn       listeners and connections on a uv_loop_t (net_endpoint_*, net_conn_*)
+ * net/ never touches the chunk store.
+ *
+ * Conventions: functions return 0 on success, a negative errno for OS errors (libuv's UV_E*
+ * equal -errno on Linux) or a NET_E* code; net_strerror() names any of them. Secret key
+ * arguments are wiped by their owners; every secret net/ derives is wiped right after last use.
+ */
+#ifndef CLOUDLET_NET_H
+#define CLOUDLET_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sodium.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define NET_WUR __attribute__((warn_unused_result))
+#else
+#define NET_WUR
+#endif
+
+/* Project error codes: a reserved negative range, apart from -errno. */
+enum {
+    NET_EFORMAT = -31001,    /* malformed frame or message */
+    NET_ETOOBIG = -31002,    /* a length prefix over the bound, or a message over NET_MSG_MAX */
+    NET_EMAC = -31003,       /* the handshake pre-check (mac1) failed: not of this fleet */
+    NET_EAUTH = -31004,      /* a handshake or channel authentication tag did not verify */
+    NET_EREPLAY = -31005,    /* a handshake timestamp not newer than the last one seen */
+    NET_ETRUNCATED = -31006, /* the stream ended without its FINAL message */
+    NET_ECLOSED = -31007,    /* the channel or connection is closed (or closing) */
+    NET_ETIMEDOUT = -31008,  /* the handshake or the close did not finish in time */
+    NET_ELIMIT = -31009,     /* refused by a limit: half-open connections, handshake rate */
+    NET_EAGAIN = -31010,     /* the send queue is over its high-water mark: wait for on_drain */
+    NET_EROLE = -31011,      /* the peer's role may not do this (or the key has no such role) */
+    NET_EREJECTED = -31012,  /* the application's accept hook refused the peer */
+};
+
+/* A string for any code these functions return; never NULL, valid forever. */
+const char *net_strerror(int err);
+
+/* ---- keys ---------------------------------------------------------------------------------- */
+
+#define NET_KEY_BYTES 32
+/* Subkeys of the 32-byte fleet key, derived with crypto_kdf_derive_from_key(out, 32, id, "cloudlet", fleet). */
+enum { NET_SUBKEY_PEER_PSK = 1, NET_SUBKEY_BEACON = 2, NET_SUBKEY_CLIENT = 3, NET_SUBKEY_COOKIE = 4 };
+void net_fleet_derive(const uint8_t fleet[NET_KEY_BYTES], uint64_t subkey, uint8_t out[NET_KEY_BYTES]);
+
+/* A node's (or app's) static X25519 key pair: pk = X25519(sk, 9). */
+typedef struct net_keypair {
+    uint8_t pk[NET_KEY_BYTES];
+    uint8_t sk[NET_KEY_BYTES];
+} net_keypair;
+
+/* A fresh key pair from libsodium's random source. */
+void net_keypair_generate(net_keypair *kp);
+/* pk from sk (sk is clamped by X25519 itself). Returns 0 or NET_EFORMAT for a degenerate sk. */
+int net_keypair_from_secret(net_keypair *kp, const uint8_t sk[NET_KEY_BYTES]) NET_WUR;
+
+/* The role a handshake authenticates. A peer proves the fleet key; a client (an app) proves only
+ * the client key (NET_SUBKEY_CLIENT), and node code restricts what clients may ask. */
+typedef enum net_role { NET_ROLE_PEER = 1, NET_ROLE_CLIENT = 2 } net_role;
+
+/* The keys one side needs. A node holds all three (derived from the fleet key by
+ * net_fleet_keys); an app holds only the client key (net_client_keys). */
+typedef struct net_keys {
+    bool has_fleet;                        /* peer_psk and cookie are valid */
+    uint8_t peer_psk[NET_KEY_BYTES];       /* NET_SUBKEY_PEER_PSK */
+    uint8_t cookie[NET_KEY_BYTES];         /* NET_SUBKEY_COOKIE: keys the peer role's mac1 */
+    uint8_t client[NET_KEY_BYTES];         /* NET_SUBKEY_CLIENT: psk and mac1 key of clients */
+} net_keys;
+
+void net_fleet_keys(net_keys *k, const uint8_t fleet[NET_KEY_BYTES]);
+void net_client_keys(net_keys *k, const uint8_t client[NET_KEY_BYTES]);
+void net_keys_wipe(net_keys *k);
+
+/* ---- frames -------------------------------------------------------------------------------- */
+
+/* A frame is a 4-byte big-endian body length L, then L bytes. A channel frame's body is a
+ * secretstream message: 1 type byte + payload, plus 17 bytes of tag, so a message (type and
+ * payload) is at most NET_MSG_MAX = 1 MiB and a frame on the wire at most
+ * 4 + NET_FRAME_MAX_BODY = 1,048,597 bytes. */
+#define NET_FRAME_PREFIX 4u
+#define NET_MSG_MAX (1024u * 1024u)
+#define NET_PAYLOAD_MAX (NET_MSG_MAX - 1u)
+#define NET_FRAME_OVERHEAD 17u /* crypto_secretstream_xchacha20poly1305_ABYTES */
+#define NET_FRAME_MAX_BODY (NET_MSG_MAX + NET_FRAME_OVERHEAD)
+
+/* Incremental decoder (init / feed / finish). It holds at most one body, allocated only after
+ * its length prefix passed the current bound, and never larger than that bound. */
+typedef struct net_frame_dec {
+    uint8_t prefix[NET_FRAME_PREFIX];
+    uint32_t prefix_have;
+    uint32_t body_len;  /* valid once prefix_have == 4 */
+    uint32_t body_have;
+    uint32_t max_body;  /* the current bound */
+    uint8_t *buf;       /* owned; capacity buf_cap <= the largest bound ever set */
+    uint32_t buf_cap;
+    uint64_t allocs;    /* how many times buf was (re)allocated: observable by tests */
+} net_frame_dec;
+
+void net_frame_dec_init(net_frame_dec *d, uint32_t max_body);
+/* Changes the bound; it applies to the next length prefix to complete. */
+void net_frame_dec_set_max(net_frame_dec *d, uint32_t max_body);
+/* Consumes input up to the end of at most one frame, setting *used. Returns 1 with *body and
+ * *body_len set when a frame is complete (*body is valid until the next feed or free, and may
+ * point into data: then only while data is), 0 when every byte was consumed and the frame is
+ * not complete yet,
+ * NET_ETOOBIG for a prefix over the bound (nothing allocated; the decoder is then unusable),
+ * or -ENOMEM. */
+int net_frame_dec_feed(net_frame_dec *d, const uint8_t *data, size_t len, size_t *used,
+                       const uint8_t **body, size_t *body_len) NET_WUR;
+/* End of input: 0 at a frame boundary, NET_ETRUNCATED inside a frame. */
+int net_frame_dec_finish(const net_frame_dec *d) NET_WUR;
+void net_frame_dec_free(net_frame_dec *d);
+/* Writes the 4-byte prefix for a body of len bytes. */
+void net_frame_put_prefix(uint8_t out[NET_FRAME_PREFIX], uint32_t len);
+
+/* ---- handshake ----------------------------------------------------------------------------- */
+
+/* Message sizes (bodies of the first frame of each direction); see docs/protocol.md. */
+#define NET_HS_INIT_BYTES 128u
+#define NET_HS_RESP_BYTES 52u
+#define NET_HS_MAC_BYTES 16u
+#define NET_HS_TIMESTAMP_BYTES 12u
+
+/* Counters of work done for handshakes, for tests and for status: an outsider must only ever
+ * move mac1_checked and mac1_rejected. */
+typedef struct net_hs_counters {
+    uint64_t mac1_checked;  /* initiations whose mac1 was computed (one BLAKE2b each) */
+    uint64_t mac1_rejected; /* ... and did not match */
+    uint64_t dh;            /* X25519 operations done by this responder/initiator */
+    uint64_t replay_rejected;
+    uint64_t replay_inserts; /* per-initiator entries created in the replay table */
+    uint64_t accepted;       /* initiations fully verified */
+} net_hs_counters;
+
+/* The responder's long-lived state: its key pair and keys, the mac1 keys per role, the newest
+ * timestamp seen per initiator static key (a bounded, set-associative table: when a set is full
+ * the entry with the oldest timestamp is evicted), and counters. Not thread-safe. */
+typedef struct net_hs_responder net_hs_responder;
+
+/* replay_slots is rounded up to a multiple of 4 (0: a default of 16384). */
+int net_hs_responder_new(const net_keypair *self, const net_keys *keys, size_t replay_slots,
+                         net_hs_responder **out) NET_WUR;
+void net_hs_responder_free(net_hs_responder *r);
+const net_hs_counters *net_hs_responder_counters(const net_hs_responder *r);
+
+/* Keys both sides hold after a handshake: tx for what this side sends, rx for what it receives. */
+typedef struct net_hs_result {
+    uint8_t tx[NET_KEY_BYTES];
+    uint8_t rx[NET_KEY_BYTES];
+    uint8_t peer_pk[NET_KEY_BYTES]; /* the other side's static public key */
+    net_role role;                  /* the initiator's role */
+} net_hs_result;
+
+/* One initiation in flight (initiator side). Wiped by net_hs_initiator_wipe. */
+typedef struct net_hs_initiator {
+    uint8_t ck[64], h[64];
+    uint8_t e_sk[NET_KEY_BYTES], e_pk[NET_KEY_BYTES];
+    uint8_t s_pk[NET_KEY_BYTES], s_sk[NET_KEY_BYTES];
+    uint8_t psk[NET_KEY_BYTES];
+    uint8_t rs[NET_KEY_BYTES];
+    net_role role;
+    bool sent;
+    net_hs_counters counters;
+} net_hs_initiator;
+
+/* Builds the initiation to the responder whose static key is rs, in the given role (the keys
+ * must hold that role's keys, else NET_EROLE). The ephemeral secret e_sk (32 random bytes) and
+ * the TAI64N timestamp are the caller's (seams: randomness and clock; net_tai64n()). */
+int net_hs_initiate(net_hs_initiator *st, const net_keypair *self, const net_keys *keys,
+                    net_role role, const uint8_t rs[NET_KEY_BYTES],
+                    const uint8_t e_sk[NET_KEY_BYTES],
+                    const uint8_t timestamp[NET_HS_TIMESTAMP_BYTES],
+                    uint8_t out[NET_HS_INIT_BYTES]) NET_WUR;
+/* Processes the response: 0 and *res on success; NET_EFORMAT or NET_EAUTH otherwise. Wipes st
+ * in every case. */
+int net_hs_initiator_finish(net_hs_initiator *st, const uint8_t *msg, size_t len,
+                            net_hs_result *res) NET_WUR;
+void net_hs_initiator_wipe(net_hs_initiator *st);
+
+/* Responder: checks the initiation in the order the protocol fixes (size and header, then mac1
+ * — one BLAKE2b, nothing stored — then the DH operations and the AEADs, then the replay table)
+ * and, on success, writes the response and *res. e_sk is the responder's fresh ephemeral
+ * secret. Errors: NET_EFORMAT, NET_EMAC, NET_EAUTH, NET_EREPLAY, NET_EROLE (a role this node
+ * holds no key for). Nothing is written to out and the replay table is unchanged on error. */
+int net_hs_respond(net_hs_responder *r, const uint8_t *msg, size_t len,
+                   const uint8_t e_sk[NET_KEY_BYTES], uint8_t out[NET_HS_RESP_BYTES],
+                   net_hs_result *res) NET_WUR;
+
+/* TAI64N label for a time in nanoseconds since the Unix epoch. */
+void net_tai64n(uint64_t unix_ns, uint8_t out[NET_HS_TIMESTAMP_BYTES]);
+
+/* ---- channel ------------------------------------------------------------------------------- */
+
+/* Message types: the channel reserves 0x00-0x0f; applications use 0x10-0xff. */
+enum {
+    NET_MSG_HELLO = 0x00, /* the first message of each direction (key confirmation) */
+    NET_MSG_CLOSE = 0x01, /* the last message of each direction, tagged FINAL */
+    NET_MSG_APP_MIN = 0x10,
+};
+
+/* Both directions rekey (crypto_secretstream_xchacha20poly1305_rekey) after every
+ * NET_REKEY_MESSAGES messages or as soon as NET_REKEY_BYTES of message bytes were sealed
+ * since the last rekey, whichever comes first; both sides count the same way. */
+#define NET_REKEY_MESSAGES 4096u
+#define NET_REKEY_BYTES (32u * 1024u * 1024u)
+#define NET_STREAM_HEADER_BYTES 24u /* crypto_secretstream_xchacha20poly1305_HEADERBYTES */
+
+typedef struct net_channel {
+    crypto_secretstream_xchacha20poly1305_state tx, rx;
+    uint64_t tx_msgs, tx_bytes, rx_msgs, rx_bytes; /* since the last rekey */
+    uint64_t tx_rekeys, rx_rekeys;
+    uint8_t rx_key[NET_KEY_BYTES]; /* kept until the peer's header arrives */
+    bool rx_ready, tx_final, rx_final;
+} net_channel;
+
+/* Starts the sending stream with keys->tx and writes its header (the first frame this side
+ * sends after the handshake); keeps keys->rx for net_channel_accept_header. */
+int net_channel_init(net_channel *c, const net_hs_result *keys,
+                     uint8_t header[NET_STREAM_HEADER_BYTES]) NET_WUR;
+/* Starts the receiving stream from the peer's header frame. */
+int net_channel_accept_header(net_channel *c, const uint8_t *body, size_t len) NET_WUR;
+/* Seals one message into out (which must hold 1 + len + NET_FRAME_OVERHEAD bytes: the frame
+ * body; the caller adds the prefix). NET_MSG_CLOSE is sealed with the FINAL tag and ends the
+ * sending stream; after it every seal returns NET_ECLOSED. */
+int net_channel_seal(net_channel *c, uint8_t type, const uint8_t *payload, size_t len,
+                     uint8_t *out, size_t *out_len) NET_WUR;
+/* Opens one frame body into out (which must hold len - NET_FRAME_OVERHEAD bytes). On success
+ * out[0] = *type is the message type and the payload is out[1 .. 1 + *payload_len). A CLOSE
+ * message is accepted only with the FINAL tag (and FINAL only on CLOSE); after it, NET_ECLOSED.
+ * NET_EAUTH for any tampered, replayed, reordered or foreign frame. */
+int net_channel_open(net_channel *c, const uint8_t *body, size_t len, uint8_t *type,
+                     uint8_t *out, size_t *payload_len) NET_WUR;
+void net_channel_wipe(net_channel *c);
+
+/* ---- connections over libuv ---------------------------------------------------------------- */
+
+typedef struct net_endpoint net_endpoint;
+typedef struct net_conn net_conn;
+
+/* Callbacks of one connection. on_close runs exactly once for every connection that was
+ * announced (by on_accept for incoming ones, by a successful net_connect for outgoing ones),
+ * after which the net_conn is freed. status 0 means both sides closed cleanly (FINAL seen);
+ * otherwise NET_ETRUNCATED (EOF without the peer's FINAL), NET_EAUTH (a frame failed to open),
+ * NET_EFORMAT, NET_ETOOBIG, NET_ETIMEDOUT, NET_ECLOSED (aborted here, the endpoint closed, or
+ * the peer hung up during the handshake) or a libuv error. on_message's payload is valid only
+ * during the call. */
+typedef struct net_conn_cbs {
+    void (*on_established)(net_conn *c); /* the peer's HELLO was authenticated */
+    void (*on_message)(net_conn *c, uint8_t type, const uint8_t *payload, size_t len);
+    void (*on_drain)(net_conn *c); /* the send queue fell under half its high-water mark */
+    void (*on_close)(net_conn *c, int status);
+} net_conn_cbs;
+
+/* Limits and seams of an endpoint. Zero fields take the defaults given. */
+typedef struct net_endpoint_opts {
+    uint32_t handshake_timeout_ms;  /* 5000: from accept/connect to the peer's HELLO */
+    uint32_t close_timeout_ms;      /* 2000: waiting for the peer's FINAL after ours */
+    uint32_t max_half_open;         /* 256: incoming connections not yet established; when
+                                       full, the oldest is dropped for the newcomer */
+    uint32_t max_half_open_per_source; /* 16: the same per source address; past it, that
+                                          source's own oldest is dropped */
+    uint32_t rate_per_sec;          /* 20: handshake attempts per source address per second */
+    uint32_t rate_burst;            /* 40: bucket depth of that limit */
+    uint32_t rate_slots;            /* 4096: source addresses tracked (set-associative) */
+    size_t send_queue_max;          /* 8 MiB: bytes queued above which send says NET_EAGAIN */
+    size_t replay_slots;            /* see net_hs_responder_new */
+    /* Seams: wall clock for handshake timestamps (ns since the Unix epoch), and randomness
+     * for ephemeral keys. NULL: the system clock and libsodium's randombytes_buf. */
+    uint64_t (*clock_ns)(void *ctx);
+    void (*random)(void *ctx, void *buf, size_t len);
+    void *seam_ctx;
+} net_endpoint_opts;
+
+/* Whole-endpoint counters (observable cost of everything that reached it). */
+typedef struct net_endpoint_counters {
+    uint64_t accepted;        /* TCP connections accepted */
+    uint64_t rate_limited;    /* closed at accept by the per-source rate limit */
+    uint64_t half_open_evicted;
+    uint64_t handshake_failed; /* incoming connections closed before establishment */
+    uint64_t established;
+    uint64_t rx_buffers;      /* frame bodies over the handshake bound that were allocated */
+    net_hs_counters hs;       /* the responder's counters plus every initiator's */
+} net_endpoint_counters;
+
+/* An endpoint owns the identity, the responder state and the limits shared by its listener and
+ * its connections. on_accept runs for an incoming connection only once it is established (the
+ * peer's key and role are known); it sets the connection's callbacks (net_conn_set_cbs) and may
+ * refuse the peer with net_conn_abort(c, NET_EREJECTED). Unauthenticated connections are never
+ * shown to the application. */
+int net_endpoint_new(uv_loop_t *loop, const net_keypair *self, const net_keys *keys,
+                     const net_endpoint_opts *opts, net_endpoint **out) NET_WUR;
+/* Listens on ip:port (port 0: any; net_endpoint_port reads it back). Only nodes listen. */
+int net_endpoint_listen(net_endpoint *ep, const char *ip, int port,
+                        void (*on_accept)(net_endpoint *ep, net_conn *c)) NET_WUR;
+int net_endpoint_port(const net_endpoint *ep);
+/* Closes the listener and aborts every connection (their on_close run with NET_ECLOSED), then
+ * calls on_closed (may be NULL) once every handle is closed; the endpoint is freed after it. */
+void net_endpoint_close(net_endpoint *ep, void (*on_closed)(net_endpoint *ep));
+/* A snapshot, valid until the next call on this endpoint. */
+const net_endpoint_counters *net_endpoint_counters_get(const net_endpoint *ep);
+void *net_endpoint_data(const net_endpoint *ep);
+void net_endpoint_set_data(net_endpoint *ep, void *data);
+
+/* Opens a connection to ip:port whose static key is peer_pk, as role (NET_ROLE_PEER needs the
+ * fleet key). bind_ip, if not NULL, is the local address to connect from. On success *out is
+ * the connection and its on_close will run exactly once; on error no callback runs. */
+int net_connect(net_endpoint *ep, const char *ip, int port, const uint8_t peer_pk[NET_KEY_BYTES],
+                net_role role, const char *bind_ip, const net_conn_cbs *cbs, void *data,
+                net_conn **out) NET_WUR;
+
+void net_conn_set_cbs(net_conn *c, const net_conn_cbs *cbs, void *data);
+void *net_conn_data(const net_conn *c);
+void net_conn_set_data(net_conn *c, void *data);
+net_endpoint *net_conn_endpoint(const net_conn *c);
+bool net_conn_incoming(const net_conn *c);
+/* Valid once established: the peer's static key and role (the initiator's role). */
+const uint8_t *net_conn_peer_key(const net_conn *c);
+net_role net_conn_role(const net_conn *c);
+
+/* Seals and queues one message (type >= NET_MSG_APP_MIN, else -EINVAL; len <= NET_PAYLOAD_MAX,
+ * else NET_ETOOBIG). The payload is copied. Returns NET_EAGAIN (nothing queued) while more than
+ * send_queue_max bytes wait to be written — retry from on_drain — and NET_ECLOSED before
+ * establishment and once closing. Any other error closes the connection (on_close follows). */
+int net_conn_send(net_conn *c, uint8_t type, const void *payload, size_t len) NET_WUR;
+size_t net_conn_queued(const net_conn *c);
+/* Messages and rekeys of the channel so far (both directions). */
+typedef struct net_conn_stats {
+    uint64_t tx_msgs, rx_msgs, tx_bytes, rx_bytes, tx_rekeys, rx_rekeys;
+} net_conn_stats;
+void net_conn_stats_get(const net_conn *c, net_conn_stats *out);
+/* Clean close: sends CLOSE (FINAL), waits for the peer's FINAL (bounded by close_timeout_ms),
+ * then closes. on_close follows with 0 if the peer closed cleanly too. */
+void net_conn_close(net_conn *c);
+/* Immediate close (no FINAL): on_close follows with status. */
+void net_conn_abort(net_conn *c, int status);
+
+/* ---- discovery beacons (docs/discovery.md) -------------------------------------------------- */
+
+/* A beacon is one UDP datagram of exactly NET_BEACON_BYTES: magic "CLBN", version, a random
+ * nonce, and an XChaCha20-Poly1305 box keyed by the fleet's beacon key (NET_SUBKEY_BEACON). */
+#define NET_BEACON_VERSION     1
+#define NET_BEACON_NONCE_BYTES 24
+#define NET_BEACON_BYTES       121
+/* How far a beacon's time may be from the receiver's clock before it is stale. */
+#define NET_BEACON_MAX_SKEW_MS 60000u
+
+typedef struct net_beacon {
+    uint8_t node_pk[NET_KEY_BYTES]; /* the sender's static public key */
+    uint64_t instance;              /* random per daemon start */
+    uint64_t seq;                   /* grows by one per beacon within an instance */
+    uint64_t time_ms;               /* the sender's clock, ms since the Unix epoch */
+    uint16_t tcp_port;              /* where the sender listens for peers */
+    uint64_t chunks, manifests;     /* what the sender's store holds */
+} net_beacon;
+
+/* Seals b into out with key (the beacon key) and nonce (24 random bytes: the caller's, a seam). */
+void net_beacon_seal(const uint8_t key[NET_KEY_BYTES], const net_beacon *b,
+                     const uint8_t nonce[NET_BEACON_NONCE_BYTES], uint8_t out[NET_BEACON_BYTES]);
+/* Opens a datagram of untrusted bytes: 0 and *out, NET_EFORMAT for anything not a version-1
+ * beacon of the right size, NET_EAUTH for one not sealed with key. A pure function of the bytes;
+ * *out is zeroed on error. */
+int net_beacon_open(const uint8_t key[NET_KEY_BYTES], const uint8_t *buf, size_t len,
+                    net_beacon *out) NET_WUR;
+
+/* What the replay/staleness filter says of an authenticated beacon. Only NEW, NEXT and RESTART
+ * are to be believed; the filter remembers only those. */
+typedef enum net_beacon_verdict {
+    NET_BEACON_NEW = 0,     /* the first beacon heard from this node key */
+    NET_BEACON_NEXT = 1,    /* a later sequence of the instance heard before */
+    NET_BEACON_RESTART = 2, /* a new instance (the daemon restarted) with a newer time */
+    NET_BEACON_OWN = 3,     /* sent by this node (multicast loops back) */
+    NET_BEACON_REPLAY = 4,  /* a sequence or time not newer than what was accepted */
+    NET_BEACON_STALE = 5,   /* its time is more than max_skew from the receiver's clock */
+} net_beacon_verdict;
+
+/* Per node key, the newest (instance, seq, time) accepted; at most capacity keys (when full, the
+ * key heard from least recently is forgotten). own_pk is this node's key. */
+typedef struct net_beacon_filter net_beacon_filter;
+net_beacon_filter *net_beacon_filter_new(const uint8_t own_pk[NET_KEY_BYTES], size_t capacity,
+                                         uint64_t max_skew_ms);
+void net_beacon_filter_free(net_beacon_filter *f); /* NULL is fine */
+/* Judges b at the receiver's time now_ms (ms since the Unix epoch: the clock is the caller's). */
+net_beacon_verdict net_beacon_filter_check(net_beacon_filter *f, const net_beacon *b,
+                                           uint64_t now_ms);
+const char *net_beacon_verdict_name(net_beacon_verdict v);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,941 @@
+/*
+ * vm_libvirt.c — libvirt control: accelerator detection, domain XML rewriting, capture of a
+ * running domain into the store, and local launch (synthesis, then restore or boot).
+ *
+ * Design notes:
+ * - The domain XML is rewritten as a string, not through an XML library: the project has no
+ *   XML dependency and the edits are few (the root's type attribute, <name>, <uuid>, the
+ *   first disk's source, the first unix serial's paths). A small scanner walks the tags,
+ *   skipping comments, CDATA and processing instructions, and tracks depth, so <name> means
+ *   the root's child and not some nested element's; values written are escaped. Edits are
+ *   collected as (offset, length, replacement) and applied in one pass.
+ * - Launch is all-or-nothing: the launch directory must not exist beforehand, so on failure
+ *   everything in it is ours to remove; the domain is transient (restored or created, never
+ *   defined), so destroying it removes it from libvirt.
+ * - With a FIFO, a writer thread streams the rebuilt save file into the FIFO while
+ *   virDomainRestoreFlags reads it. The writer opens the FIFO non-blocking in a bounded retry
+ *   loop, so a restore that fails before opening it cannot strand the thread; SIGPIPE is
+ *   blocked in the writer, so a reader that gives up makes write() fail with EPIPE. A save
+ *   file has no checksums: the writer verifies every chunk against its id, and a damaged
+ *   chunk ends the stream early, which QEMU refuses as a truncated migration.
+ * - KVM detection runs real guest code: /dev/kvm may exist yet be a shim that runs guests
+ *   about 1000 times too slowly. A child process creates a VM, runs a loop of a few million
+ *   instructions in real mode and must reach HLT within a deadline; the parent kills it if
+ *   not.
+ */
+#define _GNU_SOURCE
+#include "node.h"
+#include "node_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_URI "qemu:///system"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- libvirt connection ---------------------------------------------------------------------- */
+
+/* libvirt prints every error to stderr unless a handler is set; errors are reported through
+ * err sentences instead. */
+static void quiet_errors(void *arg, virErrorPtr e)
+{
+    (void)arg, (void)e;
+}
+
+static const char *virt_msg(void)
+{
+    const char *m = virGetLastErrorMessage();
+    return m ? m : "unknown libvirt error";
+}
+
+static virConnectPtr connect_uri(const char *uri, char err[NODE_ERRMSG])
+{
+    virSetErrorFunc(NULL, quiet_errors);
+    const char *u = uri && uri[0] ? uri : DEFAULT_URI;
+    virConnectPtr c = virConnectOpen(u);
+    if (!c) node__errf(err, "cannot connect to libvirt at %s: %s", u, virt_msg());
+    return c;
+}
+
+/* ---- accelerator ----------------------------------------------------------------------------- */
+
+const char *node_accel_name(node_accel a)
+{
+    return a == NODE_ACCEL_KVM ? "kvm" : "tcg";
+}
+
+/* In a child: 0 when KVM ran the loop to HLT, 1 otherwise. 16-bit real mode at 0x1000:
+ * 66 49 (dec ecx), 75 fc (jnz back), f4 (hlt), with ecx = 20 million: a few milliseconds on
+ * real hardware. */
+static int kvm_probe_child(void)
+{
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm < 0 || ioctl(kvm, KVM_GET_API_VERSION, 0) != 12) return 1;
+    int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+    if (vm < 0) return 1;
+    uint8_t *mem = mmap(NULL, 0x1000, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) return 1;
+    static const uint8_t code[] = {0x66, 0x49, 0x75, 0xfc, 0xf4};
+    memcpy(mem, code, sizeof code);
+    struct kvm_userspace_memory_region region = {
+        .slot = 0, .guest_phys_addr = 0x1000, .memory_size = 0x1000,
+        .userspace_addr = (uint64_t)(uintptr_t)mem};
+    if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0) return 1;
+    int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+    int mmap_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+    if (vcpu < 0 || mmap_size <= 0) return 1;
+    struct kvm_run *run = mmap(NULL, (size_t)mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+    if (run == MAP_FAILED) return 1;
+    struct kvm_sregs sregs;
+    if (ioctl(vcpu, KVM_GET_SREGS, &sregs) < 0) return 1;
+    sregs.cs.base = 0, sregs.cs.selector = 0;
+    if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0) return 1;
+    struct kvm_regs regs = {.rip = 0x1000, .rflags = 0x2, .rcx = 20000000};
+    if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0) return 1;
+    for (int i = 0; i < 100; i++) {
+        if (ioctl(vcpu, KVM_RUN, 0) < 0 && errno != EINTR) return 1;
+        if (run->exit_reason == KVM_EXIT_HLT) return 0;
+        if (run->exit_reason != KVM_EXIT_INTR) return 1;
+    }
+    return 1;
+}
+
+static bool kvm_runs_guest_code(double deadline_s)
+{
+    if (access("/dev/kvm", R_OK | W_OK) != 0) return false;
+    pid_t pid = fork();
+    if (pid < 0) return false;
+    if (pid == 0) _exit(kvm_probe_child());
+    double end = now_s() + deadline_s;
+    int status;
+    for (;;) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid) return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (w < 0 && errno != EINTR) return false;
+        if (now_s() > end) break;
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    kill(pid, SIGKILL);
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    return false;
+}
+
+node_accel node_accel_detect(const char *uri)
+{
+    const char *env = getenv("CLOUDLET_ACCEL");
+    if (env && !strcmp(env, "kvm")) return NODE_ACCEL_KVM;
+    if (env && !strcmp(env, "tcg")) return NODE_ACCEL_TCG;
+    if (!kvm_runs_guest_code(1.0)) return NODE_ACCEL_TCG;
+    char err[NODE_ERRMSG];
+    virConnectPtr c = connect_uri(uri, err);
+    if (!c) return NODE_ACCEL_TCG;
+    char *caps = virConnectGetDomainCapabilities(c, NULL, NULL, NULL, "kvm", 0);
+    virConnectClose(c);
+    free(caps);
+    return caps ? NODE_ACCEL_KVM : NODE_ACCEL_TCG;
+}
+
+/* ---- domain XML as a string ------------------------------------------------------------------ */
+
+typedef struct tag {
+    size_t start, end; /* '<' and one past '>' */
+    const char *name;  /* into the XML */
+    size_t name_len;
+    bool closing, empty; /* </x>, <x/> */
+    int depth;           /* of the element: the root is 0 */
+} tag;
+
+typedef struct scanner {
+    const char *xml;
+    size_t pos;
+    int depth;
+} scanner;
+
+/* The next tag, skipping text, comments, CDATA, <?…?> and <!DOCTYPE>. False at the end or on
+ * a malformed tag. */
+static bool next_tag(scanner *s, tag *t)
+{
+    const char *x = s->xml;
+    for (;;) {
+        const char *lt = strchr(x + s->pos, '<');
+        if (!lt) return false;
+        size_t at = (size_t)(lt - x);
+        const char *close = NULL;
+        if (!strncmp(lt, "<!--", 4)) close = strstr(lt + 4, "-->"), close = close ? close + 3 : NULL;
+        else if (!strncmp(lt, "<![CDATA[", 9)) close = strstr(lt + 9, "]]>"), close = close ? close + 3 : NULL;
+        else if (lt[1] == '?') close = strstr(lt + 2, "?>"), close = close ? close + 2 : NULL;
+        else if (lt[1] == '!') close = strchr(lt, '>'), close = close ? close + 1 : NULL;
+        else {
+            /* A start or end tag: '>' inside a quoted attribute value does not end it. */
+            const char *p = lt + 1;
+            char q = 0;
+            for (; *p; p++) {
+                if (q) {
+                    if (*p == q) q = 0;
+                } else if (*p == '\'' || *p == '"') {
+                    q = *p;
+                } else if (*p == '>') {
+                    break;
+                }
+            }
+            if (!*p) return false;
+            t->start = at;
+            t->end = (size_t)(p - x) + 1;
+            t->closing = lt[1] == '/';
+            t->empty = p[-1] == '/';
+            t->name = lt + 1 + t->closing;
+            t->name_len = strcspn(t->name, " \t\r\n/>");
+            if (t->closing) {
+                t->depth = --s->depth;
+            } else {
+                t->depth = s->depth;
+                if (!t->empty) s->depth++;
+            }
+            s->pos = t->end;
+            return t->name_len > 0 && t->depth >= 0;
+        }
+        if (!close) return false;
+        s->pos = (size_t)(close - x);
+    }
+}
+
+static bool tag_is(const tag *t, const char *name)
+{
+    return t->name_len == strlen(name) && !strncmp(t->name, name, t->name_len);
+}
+
+/* The value of attribute `name` in tag t: offset and length within the XML. */
+static bool tag_attr(const char *xml, const tag *t, const char *name, size_t *off, size_t *len)
+{
+    size_t nl = strlen(name);
+    const char *p = xml + t->start + 1 + t->name_len, *end = xml + t->end;
+    while (p < end) {
+        while (p < end && strchr(" \t\r\n", *p)) p++;
+        const char *an = p;
+        while (p < end && !strchr(" \t\r\n=/>", *p)) p++;
+        size_t anl = (size_t)(p - an);
+        while (p < end && strchr(" \t\r\n", *p)) p++;
+        if (p >= end || *p != '=') {
+            if (anl == 0) p++;
+            continue;
+        }
+        p++;
+        while (p < end && strchr(" \t\r\n", *p)) p++;
+        if (p >= end || (*p != '\'' && *p != '"')) return false;
+        char q = *p++;
+        const char *v = p;
+        while (p < end && *p != q) p++;
+        if (p >= end) return false;
+        if (anl == nl && !strncmp(an, name, nl)) {
+            *off = (size_t)(v - xml), *len = (size_t)(p - v);
+            return true;
+        }
+        p++;
+    }
+    return false;
+}
+
+/* Unescapes the five predefined entities and numeric references below 128. */
+static char *xml_unescape(const char *s, size_t len)
+{
+    char *out = malloc(len + 1), *o = out;
+    if (!out) return NULL;
+    static const struct { const char *e; char c; } ents[] = {
+        {"&amp;", '&'}, {"&lt;", '<'}, {"&gt;", '>'}, {"&apos;", '\''}, {"&quot;", '"'}};
+    for (size_t i = 0; i < len;) {
+        bool done = false;
+        if (s[i] == '&') {
+            for (size_t k = 0; k < 5 && !done; k++) {
+                size_t el = strlen(ents[k].e);
+                if (i + el <= len && !strncmp(s + i, ents[k].e, el)) *o++ = ents[k].c, i += el, done = true;
+            }
+            if (!done && i + 3 < len && s[i + 1] == '#') {
+                char *e;
+                long v = s[i + 2] == 'x' ? strtol(s + i + 3, &e, 16) : strtol(s + i + 2, &e, 10);
+                if (*e == ';' && v > 0 && v < 128 && (size_t)(e - s) < len) {
+                    *o++ = (char)v, i = (size_t)(e - s) + 1, done = true;
+                }
+            }
+        }
+        if (!done) *o++ = s[i++];
+    }
+    *o = '\0';
+    return out;
+}
+
+static char *xml_escape(const char *s)
+{
+    size_t n = 0;
+    for (const char *p = s; *p; p++) n += strchr("&<>'\"", *p) ? 6 : 1;
+    char *out = malloc(n + 1), *o = out;
+    if (!out) return NULL;
+    for (const char *p = s; *p; p++) {
+        switch (*p) {
+        case '&': o = stpcpy(o, "&amp;"); break;
+        case '<': o = stpcpy(o, "&lt;"); break;
+        case '>': o = stpcpy(o, "&gt;"); break;
+        case '\'': o = stpcpy(o, "&apos;"); break;
+        case '"': o = stpcpy(o, "&quot;"); break;
+        default: *o++ = *p;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+typedef struct edit {
+    size_t off, len;
+    char *repl; /* malloc'd */
+} edit;
+
+typedef struct edits {
+    edit e[64];
+    size_t n;
+    bool nomem;
+} edits;
+
+static void edit_add(edits *ed, size_t off, size_t len, char *repl)
+{
+    if (!repl || ed->n == sizeof ed->e / sizeof ed->e[0]) {
+        free(repl);
+        ed->nomem = true;
+        return;
+    }
+    ed->e[ed->n++] = (edit){off, len, repl};
+}
+
+static int edit_cmp(const void *a, const void *b)
+{
+    const edit *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+static char *edits_apply(const char *xml, edits *ed)
+{
+    qsort(ed->e, ed->n, sizeof ed->e[0], edit_cmp);
+    size_t len = strlen(xml), n = len;
+    for (size_t i = 0; i < ed->n; i++) n += strlen(ed->e[i].repl);
+    char *out = malloc(n + 1), *o = out;
+    if (!out) return NULL;
+    size_t at = 0;
+    for (size_t i = 0; i < ed->n; i++) {
+        memcpy(o, xml + at, ed->e[i].off - at), o += ed->e[i].off - at;
+        o = stpcpy(o, ed->e[i].repl);
+        at = ed->e[i].off + ed->e[i].len;
+    }
+    memcpy(o, xml + at, len - at), o += len - at;
+    *o = '\0';
+    return out;
+}
+
+static void edits_free(edits *ed)
+{
+    for (size_t i = 0; i < ed->n; i++) free(ed->e[i].repl);
+    ed->n = 0;
+}
+
+/* What the scanner finds in one pass over a domain XML. */
+typedef struct domain_scan {
+    tag root;
+    bool has_name, has_uuid, has_disk, has_serial, has_log;
+    size_t name_off, name_len;     /* text of the root's <name> */
+    size_t uuid_off, uuid_len;     /* text of the root's <uuid> */
+    tag disk, disk_source, disk_driver;
+    bool has_disk_source, has_disk_driver;
+    size_t serial_off, serial_len; /* the first unix serial's source path attribute value */
+    size_t log_off, log_len;       /* its <log file=…> value */
+} domain_scan;
+
+static int scan_domain(const char *xml, domain_scan *d, char err[NODE_ERRMSG])
+{
+    memset(d, 0, sizeof *d);
+    scanner s = {xml, 0, 0};
+    tag t;
+    bool got_root = false, in_disk = false, in_serial = false, serial_unix = false;
+    size_t text_from = 0;
+    int text_of = 0; /* 1 name, 2 uuid */
+    while (next_tag(&s, &t)) {
+        if (!got_root) {
+            if (t.closing || !tag_is(&t, "domain")) {
+                node__errf(err, "domain XML: the root element is not <domain>");
+                return CS_EFORMAT;
+            }
+            d->root = t, got_root = true;
+            continue;
+        }
+        if (t.depth == 1 && !t.closing && !t.empty && (tag_is(&t, "name") || tag_is(&t, "uuid"))) {
+            text_from = t.end, text_of = tag_is(&t, "name") ? 1 : 2;
+            continue;
+        }
+        if (t.depth == 1 && t.closing && text_of) {
+            if (text_of == 1 && !d->has_name)
+                d->has_name = true, d->name_off = text_from, d->name_len = t.start - text_from;
+            if (text_of == 2 && !d->has_uuid)
+                d->has_uuid = true, d->uuid_off = text_from, d->uuid_len = t.start - text_from;
+            text_of = 0;
+            continue;
+        }
+        if (t.depth == 2 && tag_is(&t, "disk") && !t.closing && !d->has_disk) {
+            size_t o, l;
+            bool is_disk = !tag_attr(xml, &t, "device", &o, &l) || (l == 4 && !strncmp(xml + o, "disk", 4));
+            if (is_disk) {
+                d->has_disk = true, d->disk = t;
+                in_disk = !t.empty;
+            }
+            continue;
+        }
+        if (in_disk) {
+            if (t.depth == 2 && t.closing) in_disk = false;
+            else if (t.depth == 3 && tag_is(&t, "source") && !t.closing && !d->has_disk_source)
+                d->disk_source = t, d->has_disk_source = true;
+            else if (t.depth == 3 && tag_is(&t, "driver") && !t.closing && !d->has_disk_driver)
+                d->disk_driver = t, d->has_disk_driver = true;
+            continue;
+        }
+        if (t.depth == 2 && tag_is(&t, "serial") && !t.closing && !d->has_serial && !in_serial) {
+            size_t o, l;
+            serial_unix = tag_attr(xml, &t, "type", &o, &l) && l == 4 && !strncmp(xml + o, "unix", 4);
+            in_serial = !t.empty && serial_unix;
+            continue;
+        }
+        if (in_serial) {
+            if (t.depth == 2 && t.closing) {
+                in_serial = false;
+                continue;
+            }
+            size_t o, l;
+            if (t.depth == 3 && tag_is(&t, "source") && !t.closing && tag_attr(xml, &t, "path", &o, &l))
+                d->has_serial = true, d->serial_off = o, d->serial_len = l;
+            if (t.depth == 3 && tag_is(&t, "log") && !t.closing && tag_attr(xml, &t, "file", &o, &l))
+                d->has_log = true, d->log_off = o, d->log_len = l;
+        }
+    }
+    if (!got_root) {
+        node__errf(err, "domain XML: no <domain> element");
+        return CS_EFORMAT;
+    }
+    return 0;
+}
+
+/* Replaces every attribute value in the XML that equals `value` (a path used by <serial> and
+ * by its <console> twin alike). */
+static void replace_attr_values(const char *xml, const char *value, size_t vlen, const char *with,
+                                edits *ed)
+{
+    scanner s = {xml, 0, 0};
+    tag t;
+    while (next_tag(&s, &t)) {
+        if (t.closing) continue;
+        const char *p = xml + t.start;
+        const char *end = xml + t.end;
+        while ((p = memchr(p, '=', (size_t)(end - p)))) {
+            p++;
+            while (p < end && strchr(" \t\r\n", *p)) p++;
+            if (p >= end || (*p != '\'' && *p != '"')) continue;
+            char q = *p++;
+            const char *v = p;
+            while (p < end && *p != q) p++;
+            if (p >= end) break;
+            if ((size_t)(p - v) == vlen && !strncmp(v, value, vlen))
+                edit_add(ed, (size_t)(v - xml), vlen, xml_escape(with));
+            p++;
+        }
+    }
+}
+
+int node_vm_xml_rewrite(const char *xml, const node_vm_xml_edit *e, char **out,
+                        char err[NODE_ERRMSG])
+{
+    *out = NULL;
+    domain_scan d;
+    int rc = scan_domain(xml, &d, err);
+    if (rc) return rc;
+    edits ed = {0};
+    if (e->accel != NODE_ACCEL_AUTO) {
+        const char *type = e->accel == NODE_ACCEL_KVM ? "kvm" : "qemu";
+        size_t o, l;
+        if (tag_attr(xml, &d.root, "type", &o, &l)) edit_add(&ed, o, l, strdup(type));
+        else {
+            char *a;
+            if (asprintf(&a, " type='%s'", type) < 0) a = NULL;
+            edit_add(&ed, d.root.start + 1 + d.root.name_len, 0, a);
+        }
+    }
+    if (e->name) {
+        if (!d.has_name) {
+            node__errf(err, "domain XML has no <name>");
+            rc = CS_EFORMAT;
+            goto fail;
+        }
+        edit_add(&ed, d.name_off, d.name_len, xml_escape(e->name));
+    }
+    if (e->uuid) {
+        if (d.has_uuid) edit_add(&ed, d.uuid_off, d.uuid_len, xml_escape(e->uuid));
+        else if (d.has_name) {
+            char *u, *esc = xml_escape(e->uuid);
+            if (!esc || asprintf(&u, "<uuid>%s</uuid>", esc) < 0) u = NULL;
+            free(esc);
+            /* right after </name> */
+            const char *close = strstr(xml + d.name_off + d.name_len, ">");
+            edit_add(&ed, close ? (size_t)(close - xml) + 1 : d.name_off + d.name_len, 0, u);
+        } else {
+            node__errf(err, "domain XML has neither <name> nor <uuid>");
+            rc = CS_EFORMAT;
+            goto fail;
+        }
+    }
+    if (e->disk) {
+        size_t o, l;
+        if (!d.has_disk || !d.has_disk_source) {
+            node__errf(err, "domain XML has no <disk device='disk'> with a <source>");
+            rc = CS_EFORMAT;
+            goto fail;
+        }
+        if (tag_attr(xml, &d.disk, "type", &o, &l) && !(l == 4 && !strncmp(xml + o, "file", 4))) {
+            node__errf(err, "domain XML: the first disk is type '%.*s', not 'file'", (int)l, xml + o);
+            rc = CS_EFORMAT;
+            goto fail;
+        }
+        if (!tag_attr(xml, &d.disk_source, "file", &o, &l)) {
+            node__errf(err, "domain XML: the first disk's <source> has no file attribute");
+            rc = CS_EFORMAT;
+            goto fail;
+        }
+        edit_add(&ed, o, l, xml_escape(e->disk));
+    }
+    if (e->serial_sock && d.has_serial)
+        replace_attr_values(xml, xml + d.serial_off, d.serial_len, e->serial_sock, &ed);
+    if (e->serial_log && d.has_log)
+        replace_attr_values(xml, xml + d.log_off, d.log_len, e->serial_log, &ed);
+    if (ed.nomem) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    *out = edits_apply(xml, &ed);
+    rc = *out ? 0 : -ENOMEM;
+fail:
+    edits_free(&ed);
+    return rc;
+}
+
+int node_vm_xml_first_disk(const char *xml, char **file, char **format, char err[NODE_ERRMSG])
+{
+    if (file) *file = NULL;
+    if (format) *format = NULL;
+    domain_scan d;
+    int rc = scan_domain(xml, &d, err);
+    if (rc) return rc;
+    size_t o, l;
+    if (!d.has_disk) {
+        node__errf(err, "domain XML has no <disk device='disk'>");
+        return CS_EFORMAT;
+    }
+    if (file && d.has_disk_source && tag_attr(xml, &d.disk_source, "file", &o, &l))
+        if (!(*file = xml_unescape(xml + o, l))) return -ENOMEM;
+    if (format && d.has_disk_driver && tag_attr(xml, &d.disk_driver, "type", &o, &l))
+        if (!(*format = xml_unescape(xml + o, l))) return -ENOMEM;
+    return 0;
+}
+
+/* ---- capture --------------------------------------------------------------------------------- */
+
+static virDomainPtr lookup_domain(virConnectPtr c, const char *domain)
+{
+    virDomainPtr d = virDomainLookupByName(c, domain);
+    if (!d) d = virDomainLookupByUUIDString(c, domain);
+    return d;
+}
+
+int node_vm_capture(cs_store *st, const char *uri, const char *domain, const char *tmpdir,
+                    const node_vm_import_opts *o, cs_id *id, node_import_report *report,
+                    cs_progress_fn progress, void *arg, char err[NODE_ERRMSG])
+{
+    memset(report, 0, sizeof *report);
+    err[0] = '\0';
+    virConnectPtr c = connect_uri(uri, err);
+    if (!c) return -EIO;
+    int rc = 0;
+    char *xml = NULL, *disk = NULL, *format = NULL, *dir = NULL, *save = NULL;
+    virDomainPtr d = lookup_domain(c, domain);
+    if (!d) {
+        node__errf(err, "no domain %s: %s", domain, virt_msg());
+        rc = CS_ENOTFOUND;
+        goto out;
+    }
+    int active = virDomainIsActive(d);
+    if (active != 1) {
+        node__errf(err, "domain %s is not running (only a running domain has memory to save)", domain);
+        rc = -EINVAL;
+        goto out;
+    }
+    if (!(xml = virDomainGetXMLDesc(d, 0))) {
+        node__errf(err, "domain %s: %s", domain, virt_msg());
+        rc = -EIO;
+        goto out;
+    }
+    if ((rc = node_vm_xml_first_disk(xml, &disk, &format, err))) goto out;
+    if (!disk) {
+        node__errf(err, "domain %s: its first disk is not a file", domain);
+        rc = -EINVAL;
+        goto out;
+    }
+    if (!format || strcmp(format, "raw") != 0) {
+        node__errf(err, "domain %s: its first disk %s is %s, not raw", domain, disk,
+                   format ? format : "of unknown format");
+        rc = -EINVAL;
+        goto out;
+    }
+    /* libvirtd writes the save file as root; the directory is ours and private. */
+    if (asprintf(&dir, "%s/capture.XXXXXX", tmpdir && tmpdir[0] ? tmpdir : "/var/tmp") < 0) {
+        dir = NULL, rc = -ENOMEM;
+        goto out;
+    }
+    if (!mkdtemp(dir)) {
+        rc = -errno;
+        node__errf(err, "cannot create a directory like %s: %s", dir, strerror(errno));
+        free(dir), dir = NULL;
+        goto out;
+    }
+    if (asprintf(&save, "%s/memory.save", dir) < 0) {
+        save = NULL, rc = -ENOMEM;
+        goto out;
+    }
+    if (virDomainSave(d, save) != 0) {
+        node__errf(err, "saving domain %s: %s", domain, virt_msg());
+        rc = -EIO;
+        goto out;
+    }
+    node_vm_import_opts io = *o;
+    io.disk = disk, io.memory = save;
+    rc = node_vm_import(st, &io, id, report, progress, arg, err);
+out:
+    if (save) unlink(save);
+    if (dir) rmdir(dir);
+    free(save), free(dir), free(xml), free(disk), free(format);
+    if (d) virDomainFree(d);
+    virConnectClose(c);
+    return rc;
+}
+
+/* ---- launch ---------------------------------------------------------------------------------- */
+
+static void uuid_random(char out[37])
+{
+    uint8_t b[16];
+    size_t got = 0;
+    while (got < sizeof b) {
+        ssize_t n = getrandom(b + got, sizeof b - got, 0);
+        if (n > 0) got += (size_t)n;
+    }
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40), b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
+}
+
+/* Removes a launch directory this launch created, with everything in it (flat). */
+static void remove_dir(const char *dir)
+{
+    DIR *dp = opendir(dir);
+    if (dp) {
+        struct dirent *de;
+        while ((de = readdir(dp)))
+            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) unlinkat(dirfd(dp), de->d_name, 0);
+        closedir(dp);
+    }
+    rmdir(dir);
+}
+
+static char *path_in(const char *dir, const char *name)
+{
+    char *p;
+    return asprintf(&p, "%s/%s", dir, name) < 0 ? NULL : p;
+}
+
+static int write_all(int fd, const char *s)
+{
+    for (size_t len = strlen(s), off = 0; off < len;) {
+        ssize_t w = write(fd, s + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return -errno;
+        off += (size_t)w;
+    }
+    return 0;
+}
+
+struct fifo_writer {
+    cs_store *st;
+    const cs_manifest *m;
+    const char *xml, *path;
+    volatile int stop; /* set when the restore returned: stop waiting for a reader */
+    bool opened;       /* a reader opened the FIFO */
+    int rc;
+    double seconds;
+    uint64_t bytes;
+    char err[NODE_ERRMSG];
+};
+
+static void *fifo_write(void *arg)
+{
+    struct fifo_writer *w = arg;
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, NULL);
+    double t0 = now_s(), end = t0 + 120;
+    int fd;
+    /* Non-blocking open fails with ENXIO until the restore opens the FIFO for reading. */
+    while ((fd = open(w->path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)) < 0) {
+        if ((errno != ENXIO && errno != EINTR) || __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) ||
+            now_s() > end) {
+            w->rc = errno == ENXIO ? -ETIMEDOUT : -errno;
+            node__errf(w->err, "nobody read the memory FIFO %s", w->path);
+            return NULL;
+        }
+        struct timespec ts = {0, 2 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    t0 = now_s();
+    w->opened = true;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    w->rc = node_savefile_write(w->st, w->m, w->xml, fd, NULL, NULL, w->err);
+    close(fd);
+    w->seconds = now_s() - t0;
+    return NULL;
+}
+
+static uint64_t file_size(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+}
+
+static uint64_t memory_bytes(const cs_manifest *m)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < m->nimages; i++)
+        if (m->images[i].kind == CS_IMAGE_RAM || m->images[i].kind == CS_IMAGE_STATE)
+            n += m->images[i].length;
+    return n;
+}
+
+int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *o,
+                         node_launch_report *r, cs_progress_fn progress, void *arg,
+                         char err[NODE_ERRMSG])
+{
+    memset(r, 0, sizeof *r);
+    err[0] = '\0';
+    double t0 = now_s();
+    char hex[CS_ID_HEX + 1];
+    cs_id_to_hex(id, hex);
+    if (!o->name || !o->name[0] || !o->dir || !o->dir[0]) {
+        node__errf(err, "a launch needs a domain name and a directory");
+        return -EINVAL;
+    }
+    cs_manifest *m = NULL;
+    virConnectPtr c = NULL;
+    virDomainPtr dom = NULL;
+    char *disk = NULL, *xml = NULL, *sock = NULL, *log = NULL, *xml_path = NULL, *mem = NULL;
+    bool made_dir = false;
+    int rc = cs_manifest_get(st, id, &m);
+    if (rc) {
+        node__errf(err, "manifest %s: %s", hex, rc == CS_ENOTFOUND ? "not in this store" : cs_strerror(rc));
+        goto fail;
+    }
+    r->resolve_s = now_s() - t0;
+    const cs_image *dimg = cs_manifest_find_image(m, "disk");
+    if (!dimg) {
+        node__errf(err, "manifest %s has no disk image", hex);
+        rc = CS_EFORMAT;
+        goto fail;
+    }
+    if (!m->xml[0]) {
+        node__errf(err, "manifest %s has no domain XML: nothing says how to run it", hex);
+        rc = CS_EFORMAT;
+        goto fail;
+    }
+    bool has_mem = node_vm_has_memory(m);
+    r->booted = !has_mem;
+
+    /* Everything that can be checked before writing anything: libvirt answers, no domain has
+     * the name yet, the XML rewrites. */
+    if (!(c = connect_uri(o->uri, err))) {
+        rc = -EIO;
+        goto fail;
+    }
+    if ((dom = virDomainLookupByName(c, o->name))) {
+        virDomainFree(dom), dom = NULL;
+        node__errf(err, "a domain named %s exists already", o->name);
+        rc = -EEXIST;
+        goto fail;
+    }
+    r->accel = o->accel != NODE_ACCEL_AUTO ? o->accel : node_accel_detect(o->uri);
+    uuid_random(r->uuid);
+    if (!(disk = path_in(o->dir, "disk.raw")) || !(sock = path_in(o->dir, "console.sock")) ||
+        !(log = path_in(o->dir, "console.log")) || !(xml_path = path_in(o->dir, "domain.xml")) ||
+        !(mem = path_in(o->dir, o->fifo ? "memory.fifo" : "memory.save"))) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    node_vm_xml_edit e = {.name = o->name, .uuid = r->uuid, .disk = disk, .accel = r->accel,
+                          .serial_sock = sock, .serial_log = log};
+    if ((rc = node_vm_xml_rewrite(m->xml, &e, &xml, err))) goto fail;
+
+    /* QEMU runs as another user (libvirt-qemu): the directory must be traversable. */
+    if (mkdir(o->dir, 0711) != 0) {
+        rc = -errno;
+        node__errf(err, errno == EEXIST ? "launch directory %s exists already" : "cannot create %s: %s",
+                   o->dir, strerror(errno));
+        goto fail;
+    }
+    made_dir = true;
+    chmod(o->dir, 0711);
+    int fd = open(xml_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 || (rc = write_all(fd, xml)) != 0 || close(fd) != 0) {
+        rc = rc ? rc : -errno;
+        node__errf(err, "writing %s: %s", xml_path, strerror(-rc));
+        goto fail;
+    }
+
+    double t1 = now_s();
+    fd = open(disk, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        rc = -errno;
+        node__errf(err, "cannot create %s: %s", disk, strerror(errno));
+        goto fail;
+    }
+    uint64_t bad = 0;
+    rc = cs_image_export_fd(st, dimg, fd, progress, arg, &bad);
+    if (close(fd) != 0 && rc == 0) rc = -errno;
+    if (rc) {
+        char bh[CS_ID_HEX + 1];
+        if (rc == CS_ECORRUPT || rc == CS_ENOTFOUND)
+            node__errf(err, "disk chunk %s at offset %llu: %s",
+                       cs_id_to_hex(&dimg->chunks[bad], bh), (unsigned long long)bad * CS_CHUNK_SIZE,
+                       rc == CS_ENOTFOUND ? "not in the store" : cs_strerror(rc));
+        else node__errf(err, "writing %s: %s", disk, node_strerror(rc));
+        goto fail;
+    }
+    r->disk_s = now_s() - t1;
+    r->disk_bytes = dimg->length;
+
+    if (!has_mem) {
+        double t2 = now_s();
+        if (!(dom = virDomainCreateXML(c, xml, 0))) {
+            node__errf(err, "booting domain %s: %s", o->name, virt_msg());
+            rc = -EIO;
+            goto fail;
+        }
+        r->restore_s = now_s() - t2;
+    } else if (!o->fifo) {
+        double t2 = now_s();
+        fd = open(mem, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            rc = -errno;
+            node__errf(err, "cannot create %s: %s", mem, strerror(errno));
+            goto fail;
+        }
+        rc = node_savefile_write(st, m, xml, fd, NULL, NULL, err);
+        if (close(fd) != 0 && rc == 0) rc = -errno;
+        if (rc) {
+            if (!err[0]) node__errf(err, "writing %s: %s", mem, node_strerror(rc));
+            goto fail;
+        }
+        r->memory_s = now_s() - t2;
+        r->memory_bytes = file_size(mem);
+        double t3 = now_s();
+        if (virDomainRestoreFlags(c, mem, NULL, VIR_DOMAIN_SAVE_RUNNING) != 0) {
+            node__errf(err, "restoring domain %s: %s", o->name, virt_msg());
+            rc = -EIO;
+            goto fail;
+        }
+        r->restore_s = now_s() - t3;
+        unlink(mem); /* QEMU has read it whole; the running domain no longer needs it */
+    } else {
+        if (mkfifo(mem, 0600) != 0) {
+            rc = -errno;
+            node__errf(err, "cannot create FIFO %s: %s", mem, strerror(errno));
+            goto fail;
+        }
+        struct fifo_writer w = {.st = st, .m = m, .xml = xml, .path = mem};
+        pthread_t th;
+        if ((rc = -pthread_create(&th, NULL, fifo_write, &w))) {
+            node__errf(err, "cannot start the FIFO writer: %s", strerror(-rc));
+            goto fail;
+        }
+        double t2 = now_s();
+        int vr = virDomainRestoreFlags(c, mem, NULL, VIR_DOMAIN_SAVE_RUNNING);
+        char verr[NODE_ERRMSG] = "";
+        if (vr != 0) snprintf(verr, sizeof verr, "%s", virt_msg());
+        r->restore_s = now_s() - t2;
+        __atomic_store_n(&w.stop, 1, __ATOMIC_RELEASE);
+        pthread_join(th, NULL);
+        unlink(mem);
+        r->memory_s = w.seconds;
+        r->memory_bytes = memory_bytes(m);
+        /* The writer's failure explains a restore that failed on a cut stream; a restore that
+         * failed before reading explains the writer's. */
+        if (w.rc && (w.opened || vr == 0)) {
+            node__errf(err, "%s", w.err[0] ? w.err : node_strerror(w.rc));
+            rc = w.rc;
+            if (vr == 0) dom = virDomainLookupByName(c, o->name);
+            goto fail;
+        }
+        if (vr != 0) {
+            node__errf(err, "restoring domain %s: %s", o->name, verr);
+            rc = -EIO;
+            goto fail;
+        }
+    }
+    if (!dom && !(dom = virDomainLookupByName(c, o->name))) {
+        node__errf(err, "domain %s vanished right after it started: %s", o->name, virt_msg());
+        rc = -EIO;
+        goto fail;
+    }
+    r->total_s = now_s() - t0;
+    virDomainFree(dom);
+    virConnectClose(c);
+    cs_manifest_free(m);
+    free(disk), free(xml), free(sock), free(log), free(xml_path), free(mem);
+    return 0;
+
+fail:
+    if (c) {
+        /* A domain of this launch may exist even when a call said no (a restore that failed
+         * after QEMU started): look it up by its fresh UUID, never by name alone. */
+        if (!dom && r->uuid[0]) dom = virDomainLookupByUUIDString(c, r->uuid);
+        if (dom) {
+            virDomainDestroy(dom);
+            if (virDomainIsPersistent(dom) == 1) virDomainUndefine(dom);
+            virDomainFree(dom);
+        }
+        virConnectClose(c);
+    }
+    if (made_dir) remove_dir(o->dir);
+    cs_manifest_free(m);
+    free(disk), free(xml), free(sock), free(log), free(xml_path), free(mem);
+    return rc;
+}
