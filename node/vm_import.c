@@ -19,21 +19,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static void errf(char err[NODE_ERRMSG], const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, NODE_ERRMSG, fmt, ap);
-    va_end(ap);
-}
 
 void node_import_report_free(node_import_report *r)
 {
@@ -122,7 +113,7 @@ static char *read_text(const char *path, char err[NODE_ERRMSG])
 {
     FILE *f = fopen(path, "r");
     if (!f) {
-        errf(err, "cannot read %s: %s", path, strerror(errno));
+        node__errf(err, "cannot read %s: %s", path, strerror(errno));
         return NULL;
     }
     char *text = NULL;
@@ -134,7 +125,7 @@ static char *read_text(const char *path, char err[NODE_ERRMSG])
         return strdup("");
     }
     if ((size_t)n != strlen(text)) {
-        errf(err, "%s contains a NUL byte", path);
+        node__errf(err, "%s contains a NUL byte", path);
         free(text);
         return NULL;
     }
@@ -166,16 +157,16 @@ static int import_disk(cs_store *st, const node_vm_import_opts *o, cs_manifest *
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) != 0) {
         rc = -errno;
-        errf(err, "cannot read %s: %s", o->disk, strerror(errno));
+        node__errf(err, "cannot read %s: %s", o->disk, strerror(errno));
         goto out;
     }
     if (!S_ISREG(sb.st_mode) && !S_ISBLK(sb.st_mode)) {
-        errf(err, "%s is neither a regular file nor a block device", o->disk);
+        node__errf(err, "%s is neither a regular file nor a block device", o->disk);
         rc = CS_EFORMAT;
         goto out;
     }
     if (is_qcow2(fd)) {
-        errf(err, "%s is a qcow2 image; convert it to raw first: qemu-img convert -O raw %s %s.raw",
+        node__errf(err, "%s is a qcow2 image; convert it to raw first: qemu-img convert -O raw %s %s.raw",
              o->disk, o->disk, o->disk);
         rc = CS_EFORMAT;
         goto out;
@@ -194,13 +185,13 @@ static int import_disk(cs_store *st, const node_vm_import_opts *o, cs_manifest *
     pa->total += size;
     cs_put_stats ps = {0};
     if ((rc = cs_image_import_fd(st, fd, disk, 0, progress_one, pa, &ps, status))) {
-        errf(err, "importing %s: %s", o->disk, cs_strerror(rc));
+        node__errf(err, "importing %s: %s", o->disk, cs_strerror(rc));
         goto out;
     }
     pa->before += size;
     report->stored_bytes += ps.stored_bytes;
     if ((rc = report_image(st, disk, status, parent, report)))
-        errf(err, "classifying %s: %s", o->disk, cs_strerror(rc));
+        node__errf(err, "classifying %s: %s", o->disk, cs_strerror(rc));
 out:
     if (fd >= 0) close(fd);
     free(status);
@@ -219,32 +210,32 @@ static int import_memory(cs_store *st, const node_vm_import_opts *o, cs_manifest
     node__memimport mi = {0};
     if (fd < 0 || fstat(fd, &sb) != 0) {
         rc = -errno;
-        errf(err, "cannot read %s: %s", o->memory, strerror(errno));
+        node__errf(err, "cannot read %s: %s", o->memory, strerror(errno));
         goto out;
     }
     if (!S_ISREG(sb.st_mode) || sb.st_size == 0) {
-        errf(err, "%s: not a save file (%s)", o->memory, S_ISREG(sb.st_mode) ? "empty" : "not a regular file");
+        node__errf(err, "%s: not a save file (%s)", o->memory, S_ISREG(sb.st_mode) ? "empty" : "not a regular file");
         rc = CS_EFORMAT;
         goto out;
     }
     map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (map == MAP_FAILED) {
         rc = -errno;
-        errf(err, "cannot map %s: %s", o->memory, strerror(errno));
+        node__errf(err, "cannot map %s: %s", o->memory, strerror(errno));
         goto out;
     }
     madvise(map, (size_t)sb.st_size, MADV_SEQUENTIAL);
     char perr[NODE_ERRMSG] = "";
     rc = node__savefile_import(st, map, (size_t)sb.st_size, m, &mi, progress_mem, pa, perr);
     if (rc) {
-        errf(err, "%s: %s", o->memory, perr[0] ? perr : cs_strerror(rc));
+        node__errf(err, "%s: %s", o->memory, perr[0] ? perr : cs_strerror(rc));
         goto out;
     }
     report->stored_bytes += mi.stats.stored_bytes;
     for (size_t i = 0; i < mi.nimages && rc == 0; i++) {
         const cs_image *im = &m->images[mi.first + i];
         if ((rc = report_image(st, im, mi.status[i], parent, report)))
-            errf(err, "classifying %s: %s", im->name, cs_strerror(rc));
+            node__errf(err, "classifying %s: %s", im->name, cs_strerror(rc));
     }
     if (rc == 0) *xml = mi.xml, mi.xml = NULL;
 out:
@@ -268,12 +259,12 @@ int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
     int rc = m ? 0 : -ENOMEM;
     if (rc) goto out;
     if (!o->disk && !o->memory) {
-        errf(err, "nothing to import: give a disk image, a save file, or both");
+        node__errf(err, "nothing to import: give a disk image, a save file, or both");
         rc = CS_EFORMAT;
         goto out;
     }
     if (o->parent && (rc = cs_manifest_get(st, o->parent, &parent))) {
-        errf(err, "parent %s: %s", cs_id_to_hex(o->parent, hex),
+        node__errf(err, "parent %s: %s", cs_id_to_hex(o->parent, hex),
              rc == CS_ENOTFOUND ? "no such manifest in this store" : cs_strerror(rc));
         goto out;
     }
@@ -286,7 +277,7 @@ int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
         rc = cs_manifest_set_xml(m, xml);
         free(xml);
         if (rc) {
-            errf(err, "%s: %s", o->xml_file, cs_strerror(rc));
+            node__errf(err, "%s: %s", o->xml_file, cs_strerror(rc));
             goto out;
         }
     }
@@ -303,13 +294,13 @@ int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
     if (parent) m->has_parent = true, m->parent = *o->parent;
     if ((rc = cs_manifest_encode(m, parent, &buf, &len, NULL)) ||
         (rc = cs_manifest_put(st, buf, len, true, id))) {
-        errf(err, "storing the manifest: %s", cs_strerror(rc));
+        node__errf(err, "storing the manifest: %s", cs_strerror(rc));
         goto out;
     }
     cs_ingest_end(st);
     ingesting = false;
     if (o->name && (rc = cs_name_set(st, o->name, id))) {
-        errf(err, "naming it %s: %s", o->name, cs_strerror(rc));
+        node__errf(err, "naming it %s: %s", o->name, cs_strerror(rc));
         goto out;
     }
     /* An overlay is what travels to a node holding the parent; a VM without parent has none
@@ -321,7 +312,7 @@ int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
         rc = null < 0 ? -errno : node_overlay_export(st, id, null, 0, NULL, NULL, &orep, oerr);
         if (null >= 0) close(null);
         if (rc) {
-            errf(err, "sizing the overlay: %s", oerr);
+            node__errf(err, "sizing the overlay: %s", oerr);
             goto out;
         }
         report->overlay_bytes = orep.file_bytes;
@@ -329,7 +320,7 @@ int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
     char *json = node_import_report_json(report, id, o->name);
     rc = json ? cs_manifest_note_set(st, id, json, strlen(json)) : -ENOMEM;
     free(json);
-    if (rc) errf(err, "keeping the import report: %s", cs_strerror(rc));
+    if (rc) node__errf(err, "keeping the import report: %s", cs_strerror(rc));
 out:
     if (ingesting) cs_ingest_end(st);
     if (rc) node_import_report_free(report);

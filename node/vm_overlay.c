@@ -20,7 +20,6 @@
 
 #include <errno.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,15 +33,6 @@
 #define BLOCK_CHUNKS 1024u
 #define DELTA_MAX NODE__DELTA_MAX
 enum { REC_END = 0, REC_BLOCK = 1, REC_DELTA = 2 };
-
-static void errf(char err[NODE_ERRMSG], const char *fmt, ...)
-{
-    if (!err) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, NODE_ERRMSG, fmt, ap);
-    va_end(ap);
-}
 
 static uint64_t get_le(const uint8_t *p, unsigned n)
 {
@@ -81,27 +71,27 @@ int node__overlay_parse(const uint8_t *buf, size_t len, const node__overlay_visi
                         char err[NODE_ERRMSG])
 {
     if (len < OV_HDR + OV_TRAILER || memcmp(buf, OV_MAGIC, 4) != 0) {
-        errf(err, "not an overlay package (bad magic or too short: %zu bytes)", len);
+        node__errf(err, "not an overlay package (bad magic or too short: %zu bytes)", len);
         return CS_EFORMAT;
     }
     if (buf[4] != OV_VERSION) {
-        errf(err, "overlay package version %u is not supported (this is version %u)", buf[4], OV_VERSION);
+        node__errf(err, "overlay package version %u is not supported (this is version %u)", buf[4], OV_VERSION);
         return CS_EVERSION;
     }
     if (buf[5] != 0 || buf[6] != 0 || buf[7] != 0) {
-        errf(err, "unknown flags in the overlay header");
+        node__errf(err, "unknown flags in the overlay header");
         return CS_EFORMAT;
     }
     uint8_t h[32];
     crypto_generichash(h, sizeof h, buf, len - 32, NULL, 0);
     if (sodium_memcmp(h, buf + len - 32, 32) != 0) {
-        errf(err, "overlay package is truncated or damaged (its trailing hash does not match)");
+        node__errf(err, "overlay package is truncated or damaged (its trailing hash does not match)");
         return CS_ECORRUPT;
     }
     uint64_t mlen = get_le(buf + 8, 4);
     size_t end = len - OV_TRAILER; /* where the END record must start */
     if (mlen > end - OV_HDR) {
-        errf(err, "manifest length %llu runs past the end of the package", (unsigned long long)mlen);
+        node__errf(err, "manifest length %llu runs past the end of the package", (unsigned long long)mlen);
         return CS_EFORMAT;
     }
     int rc = v->manifest ? v->manifest(buf + OV_HDR, (size_t)mlen, arg) : 0;
@@ -116,7 +106,7 @@ int node__overlay_parse(const uint8_t *buf, size_t len, const node__overlay_visi
             uint64_t n = get_le(buf + off, 4);
             off += 4;
             if (n == 0 || n > BLOCK_CHUNKS) {
-                errf(err, "block at byte %zu holds %llu chunks (1..%u allowed)", at,
+                node__errf(err, "block at byte %zu holds %llu chunks (1..%u allowed)", at,
                      (unsigned long long)n, BLOCK_CHUNKS);
                 return CS_EFORMAT;
             }
@@ -138,7 +128,7 @@ int node__overlay_parse(const uint8_t *buf, size_t len, const node__overlay_visi
             uint64_t zlen = get_le(buf + off + 10 + CS_ID_BYTES, 4);
             off += 2 + 8 + CS_ID_BYTES + 4;
             if (zlen == 0 || zlen > DELTA_MAX || zlen > end - off) {
-                errf(err, "delta at byte %zu has a bad length %llu", at, (unsigned long long)zlen);
+                node__errf(err, "delta at byte %zu has a bad length %llu", at, (unsigned long long)zlen);
                 return CS_EFORMAT;
             }
             if (v->delta && (rc = v->delta(image, pos, id, buf + off, (size_t)zlen, at, arg)))
@@ -146,18 +136,18 @@ int node__overlay_parse(const uint8_t *buf, size_t len, const node__overlay_visi
             off += zlen;
             chunks++;
         } else {
-            errf(err, "unknown record type %u at byte %zu", type, at);
+            node__errf(err, "unknown record type %u at byte %zu", type, at);
             return CS_EFORMAT;
         }
     }
     if (off != end || buf[end] != REC_END || get_le(buf + end + 1, 8) != chunks) {
-        errf(err, "the package's end record does not match its %llu chunks",
+        node__errf(err, "the package's end record does not match its %llu chunks",
              (unsigned long long)chunks);
         return CS_EFORMAT;
     }
     return 0;
 truncated:
-    errf(err, "record at byte %zu runs past the end of the package", off);
+    node__errf(err, "record at byte %zu runs past the end of the package", off);
     return CS_EFORMAT;
 }
 
@@ -395,12 +385,12 @@ int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
     char hex[CS_ID_HEX + 1];
     int rc = w ? cs_manifest_get(st, id, &m) : -ENOMEM;
     if (rc) {
-        errf(err, "manifest %s: %s", cs_id_to_hex(id, hex),
+        node__errf(err, "manifest %s: %s", cs_id_to_hex(id, hex),
              rc == CS_ENOTFOUND ? "not in this store" : cs_strerror(rc));
         goto out;
     }
     if (m->has_parent && (rc = cs_manifest_get(st, &m->parent, &p))) {
-        errf(err, "parent manifest %s: %s", cs_id_to_hex(&m->parent, hex), cs_strerror(rc));
+        node__errf(err, "parent manifest %s: %s", cs_id_to_hex(&m->parent, hex), cs_strerror(rc));
         goto out;
     }
     if (p && (rc = id_set(p, &pset, &npset))) goto out;
@@ -453,7 +443,7 @@ int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
     rc = w->err;
     rep.file_bytes = w->total;
 fail:
-    if (rc) errf(err, "writing the overlay package: %s", cs_strerror(rc));
+    if (rc) node__errf(err, "writing the overlay package: %s", cs_strerror(rc));
 out:
     if (report) *report = rep;
     ZSTD_freeCCtx(x.cctx);
@@ -507,18 +497,18 @@ static int on_manifest(const uint8_t *buf, size_t len, void *arg)
     char hex[CS_ID_HEX + 1];
     int rc = cs_manifest_decode(buf, len, &im->m);
     if (rc) {
-        errf(im->err, "the package's manifest is malformed");
+        node__errf(im->err, "the package's manifest is malformed");
         return rc;
     }
     if (im->m->has_parent) {
         rc = cs_manifest_get(im->st, &im->m->parent, &im->parent);
         if (rc == CS_ENOTFOUND || rc == CS_EMISSING) {
-            errf(im->err, "parent manifest %s is not in this store: import or pull the base VM first",
+            node__errf(im->err, "parent manifest %s is not in this store: import or pull the base VM first",
                  cs_id_to_hex(&im->m->parent, hex));
             return CS_EMISSING;
         }
         if (rc) {
-            errf(im->err, "parent manifest %s: %s", cs_id_to_hex(&im->m->parent, hex), cs_strerror(rc));
+            node__errf(im->err, "parent manifest %s: %s", cs_id_to_hex(&im->m->parent, hex), cs_strerror(rc));
             return rc;
         }
         rc = cs_manifest_resolve(im->m, im->parent);
@@ -530,7 +520,7 @@ static int store_batch(struct import *im, const uint8_t *chunks, const cs_id *id
 {
     size_t bad = 0;
     int rc = cs_put(im->st, chunks, n, ids, NULL, &bad, NULL);
-    if (rc) errf(im->err, "storing chunks: %s", cs_strerror(rc));
+    if (rc) node__errf(im->err, "storing chunks: %s", cs_strerror(rc));
     return rc;
 }
 
@@ -541,7 +531,7 @@ static int check_ids(struct import *im, const uint8_t *chunks, const cs_id *ids,
         cs_chunk_id(chunks + i * CS_CHUNK_SIZE, &got);
         if (!cs_id_equal(&got, &ids[i]) || cs_id_is_zero(&ids[i])) {
             char hex[CS_ID_HEX + 1];
-            errf(im->err, "chunk %s in the record at byte %zu does not match its id",
+            node__errf(im->err, "chunk %s in the record at byte %zu does not match its id",
                  cs_id_to_hex(&ids[i], hex), at);
             return CS_ECORRUPT;
         }
@@ -559,7 +549,7 @@ static int on_block(const cs_id *ids, uint32_t n, const uint8_t *z, size_t zlen,
     struct import *im = arg;
     int rc = node__overlay_block_decode(im->dctx, z, zlen, n, im->block);
     if (rc) {
-        errf(im->err, "block at byte %zu does not decompress", at);
+        node__errf(im->err, "block at byte %zu does not decompress", at);
         return rc;
     }
     if ((rc = check_ids(im, im->block, ids, n, at))) return rc;
@@ -577,24 +567,24 @@ static int on_delta(uint32_t image, uint64_t pos, const cs_id *id, const uint8_t
     char hex[CS_ID_HEX + 1];
     if (image >= im->m->nimages || pos >= im->m->images[image].nchunks ||
         !cs_id_equal(&im->m->images[image].chunks[pos], id) || !im->parent) {
-        errf(im->err, "delta at byte %zu is for a place the manifest does not name", at);
+        node__errf(im->err, "delta at byte %zu is for a place the manifest does not name", at);
         return CS_EFORMAT;
     }
     const cs_image *pim = cs_manifest_find_image(im->parent, im->m->images[image].name);
     if (!pim || pos >= pim->nchunks || cs_id_is_zero(&pim->chunks[pos])) {
-        errf(im->err, "delta at byte %zu has no base chunk in the parent", at);
+        node__errf(im->err, "delta at byte %zu has no base chunk in the parent", at);
         return CS_EFORMAT;
     }
     uint8_t base[CS_CHUNK_SIZE];
     int rc = cs_get(im->st, &pim->chunks[pos], 1, base, NULL);
     if (rc) {
-        errf(im->err, "base chunk %s of the delta at byte %zu: %s",
+        node__errf(im->err, "base chunk %s of the delta at byte %zu: %s",
              cs_id_to_hex(&pim->chunks[pos], hex), at, cs_strerror(rc));
         return rc == CS_ENOTFOUND ? CS_EMISSING : rc;
     }
     uint8_t *out = im->storing ? im->pending + im->npending * CS_CHUNK_SIZE : im->block;
     if ((rc = node__overlay_delta_decode(im->dctx, base, z, zlen, out))) {
-        errf(im->err, "delta at byte %zu does not decode against its base", at);
+        node__errf(im->err, "delta at byte %zu does not decode against its base", at);
         return rc;
     }
     if ((rc = check_ids(im, out, id, 1, at))) return rc;
@@ -637,7 +627,7 @@ static int check_complete(struct import *im)
     }
     if (missing) {
         char hex[CS_ID_HEX + 1];
-        errf(im->err, "the package lacks %zu chunks this store does not hold either (first: %s)",
+        node__errf(im->err, "the package lacks %zu chunks this store does not hold either (first: %s)",
              missing, cs_id_to_hex(&first_missing, hex));
         return CS_EMISSING;
     }
@@ -666,7 +656,7 @@ int node_overlay_import(cs_store *st, const uint8_t *buf, size_t len, cs_id *id,
         if (rc == 0 && im.npending) rc = store_batch(&im, im.pending, im.pending_ids, im.npending);
         uint64_t mlen = get_le(buf + 8, 4);
         if (rc == 0) rc = cs_manifest_put(st, buf + OV_HDR, (size_t)mlen, true, id);
-        if (rc) errf(err, "storing the package: %s", cs_strerror(rc));
+        if (rc) node__errf(err, "storing the package: %s", cs_strerror(rc));
     }
     cs_ingest_end(st);
     rep.file_bytes = len;

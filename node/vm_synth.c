@@ -9,25 +9,16 @@
  * interrupted synthesis never leaves a file that looks complete.
  */
 #define _GNU_SOURCE
-#include "node.h"
+#include "node_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-static void errf(char err[NODE_ERRMSG], const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, NODE_ERRMSG, fmt, ap);
-    va_end(ap);
-}
 
 static double now_s(void)
 {
@@ -50,7 +41,7 @@ static int write_file(const char *dir, const char *name, int (*write)(int fd, vo
     if (fd >= 0 && close(fd) != 0 && rc == 0) rc = -errno;
     if (rc == 0 && rename(tmp, final) != 0) rc = -errno;
     if (rc) {
-        if (!err[0]) errf(err, "writing %s: %s", final, node_strerror(rc));
+        if (!err[0]) node__errf(err, "writing %s: %s", final, node_strerror(rc));
         unlink(tmp);
     }
     free(tmp), free(final);
@@ -72,7 +63,7 @@ static int write_disk(int fd, void *arg)
     int rc = cs_image_export_fd(j->st, j->im, fd, j->progress, j->arg, &bad);
     if (rc == CS_ECORRUPT || rc == CS_ENOTFOUND) {
         char hex[CS_ID_HEX + 1];
-        errf(j->err, "disk chunk %s at offset %llu: %s", cs_id_to_hex(&j->im->chunks[bad], hex),
+        node__errf(j->err, "disk chunk %s at offset %llu: %s", cs_id_to_hex(&j->im->chunks[bad], hex),
              (unsigned long long)bad * CS_CHUNK_SIZE,
              rc == CS_ENOTFOUND ? "not in the store" : cs_strerror(rc));
     }
@@ -120,7 +111,7 @@ int node_vm_synth(cs_store *st, const cs_id *id, const char *outdir, node_synth_
     char hex[CS_ID_HEX + 1];
     int rc = cs_manifest_get(st, id, &m);
     if (rc) {
-        errf(err, "manifest %s: %s", cs_id_to_hex(id, hex),
+        node__errf(err, "manifest %s: %s", cs_id_to_hex(id, hex),
              rc == CS_ENOTFOUND ? "not in this store" : cs_strerror(rc));
         return rc;
     }
@@ -128,13 +119,13 @@ int node_vm_synth(cs_store *st, const cs_id *id, const char *outdir, node_synth_
     const cs_image *disk = cs_manifest_find_image(m, "disk");
     bool memory = node_vm_has_memory(m);
     if (!disk && !memory) {
-        errf(err, "manifest %s has neither a disk image nor a memory snapshot", hex);
+        node__errf(err, "manifest %s has neither a disk image nor a memory snapshot", hex);
         rc = CS_EFORMAT;
         goto out;
     }
     if (mkdir(outdir, 0755) != 0 && errno != EEXIST) {
         rc = -errno;
-        errf(err, "cannot create %s: %s", outdir, strerror(errno));
+        node__errf(err, "cannot create %s: %s", outdir, strerror(errno));
         goto out;
     }
     if (disk) {
