@@ -23,7 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define BATCH 1024u  /* chunks per prepared job: 4 MiB */
+#define BATCH  1024u /* chunks per prepared job: 4 MiB */
 #define QUEUED 4u    /* prepared batches waiting per worker, at most */
 
 struct extent {
@@ -164,7 +164,8 @@ static struct batch *prepare_batch(struct import *j, uint8_t *buf, uint64_t b, i
             c++;
             continue;
         }
-        uint64_t off = c * CS_CHUNK_SIZE, end = c2 * CS_CHUNK_SIZE < length ? c2 * CS_CHUNK_SIZE : length;
+        uint64_t off = c * CS_CHUNK_SIZE;
+        uint64_t end = c2 * CS_CHUNK_SIZE < length ? c2 * CS_CHUNK_SIZE : length;
         uint8_t *dst = buf + bt->n * CS_CHUNK_SIZE;
         if (end - off < (c2 - c) * CS_CHUNK_SIZE) /* a short tail: zero-padded */
             memset(dst + (c2 - c - 1) * CS_CHUNK_SIZE, 0, CS_CHUNK_SIZE);
@@ -281,7 +282,8 @@ int cs_image_import_fd(cs_store *st, int fd, cs_image *im, unsigned threads,
     cs_put_stats ps = {0};
     commit_loop(&j, &ps, status, progress, arg);
     if (atomic_load(&j.rc) == 0) {
-        int src = cs__sync(st); /* the batches were committed lazily: one flush makes them durable */
+        /* The batches were committed lazily: this one flush makes them all durable. */
+        int src = cs__sync(st);
         if (src) fail(&j, src);
     }
     for (unsigned t = 0; t < started; t++) pthread_join(tid[t], NULL);

@@ -89,6 +89,10 @@ int cs__sync(cs_store *st)
 static int write_txn(cs_store *st, int (*body)(cs_store *st, MDB_txn *txn, void *arg), void *arg,
                      bool durable)
 {
+    /* A reader killed inside a transaction leaves its slot in the lock file, and LMDB reuses no
+     * page that slot's snapshot may still see: every later commit would grow the file. Clear
+     * the slots of dead processes first (a scan of the reader table, one fcntl per process). */
+    mdb_reader_check(st->env, NULL);
     for (;;) {
         MDB_txn *txn;
         int rc = cs__txn_begin(st, true, &txn);
@@ -230,6 +234,21 @@ static int open_dbs_readonly(cs_store *st)
     return cs__lmdb_err(cs__txn_commit(st, txn)); /* keeps the dbi handles */
 }
 
+/* A data file shorter than LMDB's two meta pages is a creation that did not finish (killed, or
+ * the disk filled during its first write). LMDB refuses it as invalid, yet it holds nothing:
+ * removes it, and says whether it did. (A creator in progress holds LMDB's exclusive lock, so an
+ * open that got that answer did not race with one.) */
+static bool remove_unfinished(const char *dir)
+{
+    char *data = NULL;
+    if (asprintf(&data, "%s/data.mdb", dir) < 0) return false;
+    struct stat sb;
+    bool removed = stat(data, &sb) == 0 && sb.st_size < 2 * sysconf(_SC_PAGESIZE) &&
+                   unlink(data) == 0;
+    free(data);
+    return removed;
+}
+
 int cs_open(const char *dir, unsigned flags, cs_store **out)
 {
     bool readonly = flags & CS_OPEN_READONLY;
@@ -280,6 +299,10 @@ int cs_open(const char *dir, unsigned flags, cs_store **out)
     return 0;
 fail:
     cs_close(st);
+    /* The second attempt creates the file afresh: should that run out of room too, LMDB says
+     * ENOSPC (CS_EFULL), so this retries at most once. */
+    if (rc == CS_EVERSION && flags & CS_OPEN_CREATE && !readonly && remove_unfinished(dir))
+        return cs_open(dir, flags, out);
     return rc;
 }
 
@@ -396,10 +419,11 @@ static int put_job_body(cs_store *st, MDB_txn *txn, cs__put_job *job)
     if (rc) return rc;
     for (size_t j = 0; j < job->nnew; j++) {
         const cs_id *id = &job->ids[job->newidx[j]];
-        MDB_val k = {CS_ID_BYTES, (void *)id->b}, v;
         cs__idx_val val = {CS__LOC(first + j / CS__SEG_SLOTS, j % CS__SEG_SLOTS), 0};
-        rc = mdb_get(txn, st->idx, &k, &v);
-        if (rc == 0) {
+        MDB_val k = {CS_ID_BYTES, (void *)id->b}, v = {sizeof val, &val};
+        /* One descent for the usual case, a new id; on MDB_KEYEXIST v points at the entry. */
+        rc = mdb_put(txn, st->idx, &k, &v, MDB_NOOVERWRITE);
+        if (rc == MDB_KEYEXIST) {
             cs__idx_val old;
             if (v.mv_size != sizeof old) return CS_ECORRUPT;
             memcpy(&old, v.mv_data, sizeof old);
@@ -409,11 +433,10 @@ static int put_job_body(cs_store *st, MDB_txn *txn, cs__put_job *job)
                 continue;
             }
             val.refs = old.refs; /* a manifest named it before it arrived */
-        } else if (rc != MDB_NOTFOUND) {
-            return cs__body_err(rc);
+            v.mv_size = sizeof val, v.mv_data = &val;
+            rc = mdb_put(txn, st->idx, &k, &v, 0);
         }
-        v.mv_size = sizeof val, v.mv_data = &val;
-        if ((rc = mdb_put(txn, st->idx, &k, &v, 0))) return cs__body_err(rc);
+        if (rc) return cs__body_err(rc);
         job->added++;
     }
     return 0;

@@ -18,11 +18,13 @@
  *   and reads are timed by the wall clock: the comparison errs against the store. Ingest is
  *   compared with them as MB/s of those same bytes (time spent on zero pieces is charged to
  *   the store), while the whole image's rate is shown too. MB is 10^6 bytes.
- * - Four ingests (cs_image_import_fd with 1, 2, 2, 1 threads) each go into a fresh store in the
- *   same temporary directory as the input; the faster run of each thread count counts, and
- *   the worst bytes-on-disk ratio of the four. The first 2-thread store is read back twice:
- *   cs_image_export_fd to /dev/null (the export path, 2 workers) and cs_reader with 1 worker,
- *   comparing every byte with the input (so a fast but wrong store cannot pass).
+ * - The ingests (cs_image_import_fd, --rounds times with 1 and with 2 threads, in the order
+ *   1-2-2-1-1-2...) each go into a fresh store in the same temporary directory as the input;
+ *   the fastest run of each thread count counts (other work on a shared machine only ever
+ *   slows a run down), and the worst bytes-on-disk ratio of them all. The first 2-thread
+ *   store is read back twice: cs_image_export_fd to /dev/null (the export path, 2 workers)
+ *   and cs_reader with 1 worker, comparing every byte with the input (so a fast but wrong
+ *   store cannot pass).
  * - Exit status: 0 when everything was measured (goals are reported, not enforced), 1 on an
  *   error, 2 on a usage error.
  */
@@ -42,18 +44,21 @@
 #include <unistd.h>
 #include <zstd.h>
 
-#define MB 1e6
-#define PIECE (1u << 20)
-#define GROUP (64u * CS_CHUNK_SIZE) /* a segment's worth: 256 KiB */
+#define MB         1e6
+#define PIECE      (1u << 20)
+#define GROUP      (64u * CS_CHUNK_SIZE) /* a segment's worth: 256 KiB */
+#define MAX_ROUNDS 20
 
 static const char usage[] =
-    "usage: bench_store [--size SIZE] [--dir DIR] [--json] [--keep]\n\n"
+    "usage: bench_store [--size SIZE] [--dir DIR] [--rounds N] [--json] [--keep]\n\n"
     "Measures this machine's single-core ceilings (BLAKE2b-256, zstd -3, memcpy) and the chunk\n"
     "store's ingest (1 and 2 threads) and read throughput on SIZE bytes of realistic data:\n"
     "70% system binaries and libraries, 15% zeros, 15% random bytes. Prints each goal with\n"
     "PASS or FAIL; see docs/PERFORMANCE.md.\n\n"
     "  --size SIZE  bytes of input, a multiple of 1 MiB; suffixes K, M, G (default 1G)\n"
     "  --dir DIR    where the input file and the stores go (default /var/tmp)\n"
+    "  --rounds N   ingest N times with 1 and N times with 2 threads; the fastest counts\n"
+    "               (default 3, at most 20)\n"
     "  --json       one JSON object on standard output instead of the report\n"
     "  --keep       keep the input file (DIR/cloudlet-bench-*/input.img), e.g. for profiling\n"
     "  --help       this text\n";
@@ -62,7 +67,7 @@ enum { KIND_BIN, KIND_ZERO, KIND_RANDOM };
 
 struct ceilings {
     double hash, compress, decompress, memcpy_, hash_compress; /* MB/s */
-    double ratio; /* zstd -3 over 256 KiB groups */
+    double ratio;                                              /* zstd -3 over 256 KiB groups */
 };
 
 struct ingest {
@@ -73,6 +78,7 @@ struct ingest {
 };
 
 static bool tty;
+static const char *tmpdir; /* removed on an error too: it holds a --size input file */
 
 static void die(const char *fmt, ...)
 {
@@ -82,6 +88,7 @@ static void die(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+    if (tmpdir) tl_rmtree(tmpdir);
     exit(1);
 }
 
@@ -152,9 +159,12 @@ static int parse_size(const char *s, uint64_t *out)
     if (errno || end == s || *s == '-') return -1;
     unsigned shift = 0;
     switch (*end) {
-    case 'k': case 'K': shift = 10, end++; break;
-    case 'm': case 'M': shift = 20, end++; break;
-    case 'g': case 'G': shift = 30, end++; break;
+    case 'k':
+    case 'K': shift = 10, end++; break;
+    case 'm':
+    case 'M': shift = 20, end++; break;
+    case 'g':
+    case 'G': shift = 30, end++; break;
     default: break;
     }
     if (shift && (strcmp(end, "iB") == 0 || strcmp(end, "B") == 0)) end += strlen(end);
@@ -168,11 +178,11 @@ static int parse_size(const char *s, uint64_t *out)
 struct bins {
     char **paths;
     size_t n, cap, next;
-    uint64_t bytes;  /* their sizes, each rounded up to 4 KiB */
+    uint64_t bytes; /* their sizes, each rounded up to 4 KiB */
     uint64_t want;
-    int fd;          /* the file being read, or -1 */
-    uint64_t pad;    /* zero bytes still owed after the last file */
-    uint64_t files;  /* files read so far */
+    int fd;            /* the file being read, or -1 */
+    uint64_t pad;      /* zero bytes still owed after the last file */
+    uint64_t files;    /* files read so far */
     uint64_t file_len; /* bytes read from the current file */
 };
 
@@ -209,7 +219,8 @@ static void collect(struct bins *b, const char *dir)
                     if (!b->paths) die("out of memory");
                 }
                 b->paths[b->n++] = path, path = NULL;
-                b->bytes += ((uint64_t)sb.st_size + CS_CHUNK_SIZE - 1) & ~(uint64_t)(CS_CHUNK_SIZE - 1);
+                b->bytes +=
+                    ((uint64_t)sb.st_size + CS_CHUNK_SIZE - 1) & ~(uint64_t)(CS_CHUNK_SIZE - 1);
             }
         }
         free(path);
@@ -263,7 +274,8 @@ static uint64_t make_input(const char *path, uint64_t size, uint8_t *kinds)
 {
     size_t n = (size_t)(size / PIECE);
     size_t nzero = n * 15 / 100, nrand = n * 15 / 100;
-    for (size_t i = 0; i < n; i++) kinds[i] = i < nzero ? KIND_ZERO : i < nzero + nrand ? KIND_RANDOM : KIND_BIN;
+    for (size_t i = 0; i < n; i++)
+        kinds[i] = i < nzero ? KIND_ZERO : i < nzero + nrand ? KIND_RANDOM : KIND_BIN;
     uint64_t seed = 1;
     for (size_t i = n; i > 1; i--) { /* Fisher-Yates, fixed seed: the same layout every run */
         size_t j = (size_t)(splitmix(&seed) % i);
@@ -455,6 +467,7 @@ int main(int argc, char **argv)
     uint64_t size = 1ull << 30;
     const char *base = "/var/tmp";
     bool json = false, keep = false;
+    unsigned rounds = 3;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = NULL;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -466,9 +479,11 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--keep") == 0) {
             keep = true;
             continue;
-        } else if (strncmp(a, "--size=", 7) == 0 || strncmp(a, "--dir=", 6) == 0) {
+        } else if (strncmp(a, "--size=", 7) == 0 || strncmp(a, "--dir=", 6) == 0 ||
+                   strncmp(a, "--rounds=", 9) == 0) {
             val = strchr(a, '=') + 1;
-        } else if (strcmp(a, "--size") == 0 || strcmp(a, "--dir") == 0) {
+        } else if (strcmp(a, "--size") == 0 || strcmp(a, "--dir") == 0 ||
+                   strcmp(a, "--rounds") == 0) {
             if (i + 1 == argc) {
                 fprintf(stderr, "bench_store: %s needs a value\n%s", a, usage);
                 return 2;
@@ -480,10 +495,18 @@ int main(int argc, char **argv)
         }
         if (strncmp(a, "--size", 6) == 0) {
             if (parse_size(val, &size) || size == 0 || size % PIECE) {
-                fprintf(stderr, "bench_store: --size %s: give a multiple of 1 MiB, e.g. 64M or 1G\n",
-                        val);
+                fprintf(stderr,
+                        "bench_store: --size %s: give a multiple of 1 MiB, e.g. 64M or 1G\n", val);
                 return 2;
             }
+        } else if (strncmp(a, "--rounds", 8) == 0) {
+            char *end;
+            unsigned long v = strtoul(val, &end, 10);
+            if (*val < '1' || *val > '9' || *end || v > MAX_ROUNDS) {
+                fprintf(stderr, "bench_store: --rounds %s: give 1 to %d\n", val, MAX_ROUNDS);
+                return 2;
+            }
+            rounds = (unsigned)v;
         } else {
             base = val;
         }
@@ -495,6 +518,7 @@ int main(int argc, char **argv)
     char *tmp = NULL, *input = NULL, *s1 = NULL, *s2 = NULL;
     if (asprintf(&tmp, "%s/cloudlet-bench-XXXXXX", base) < 0) die("out of memory");
     if (!mkdtemp(tmp)) die("%s: %s", tmp, strerror(errno));
+    tmpdir = tmp;
     if (asprintf(&input, "%s/input.img", tmp) < 0 || asprintf(&s1, "%s/store-1", tmp) < 0 ||
         asprintf(&s2, "%s/store-2", tmp) < 0)
         die("out of memory");
@@ -504,7 +528,8 @@ int main(int argc, char **argv)
     if (!kinds) die("out of memory");
     uint64_t nfiles = make_input(input, size, kinds);
     size_t ndata = 0, nzero = 0;
-    for (size_t i = 0; i < npieces; i++) ndata += kinds[i] != KIND_ZERO, nzero += kinds[i] == KIND_ZERO;
+    for (size_t i = 0; i < npieces; i++)
+        ndata += kinds[i] != KIND_ZERO, nzero += kinds[i] == KIND_ZERO;
     double data_mb = (double)ndata * PIECE / MB, size_mb = (double)size / MB;
 
     int ifd = open(input, O_RDONLY | O_CLOEXEC);
@@ -517,21 +542,21 @@ int main(int argc, char **argv)
     measure_ceilings(map, kinds, npieces, &c);
     double export_s = 0, reader_s = 0;
 
-    /* Four ingests, 1-2-2-1 threads, each into a fresh store; each thread count's faster run
-     * counts, so a burst of other work on the machine during one run does not decide a ratio.
-     * The first 2-thread store is read back. */
+    /* rounds x (1 and 2 threads), alternating 1-2, 2-1, 1-2, ..., each into a fresh store; each
+     * thread count's fastest run counts, so a burst of other work on the machine during one run
+     * does not decide a ratio. The first 2-thread store is read back. */
     struct ingest in[2], run;
-    double secs[2][2], worst_disk = 0;
-    static const unsigned order[4] = {1, 2, 2, 1};
-    for (int r = 0; r < 4; r++) {
-        unsigned t = order[r];
+    double secs[2][MAX_ROUNDS], worst_disk = 0;
+    for (unsigned r = 0; r < 2 * rounds; r++) {
+        unsigned t = (r % 4 == 0 || r % 4 == 3) ? 1 : 2;
         cs_store *st = NULL;
         cs_manifest *m = NULL;
         const char *sdir = t == 1 ? s1 : s2;
         run_ingest(sdir, input, size, t, &run, r == 1 ? &st : NULL, &m);
-        secs[t - 1][r >= 2] = run.seconds;
+        secs[t - 1][r / 2] = run.seconds;
         if (r < 2 || run.seconds < in[t - 1].seconds) in[t - 1] = run;
-        double d = run.ss.stored_bytes ? (double)run.ss.disk_bytes / (double)run.ss.stored_bytes : 0;
+        double d =
+            run.ss.stored_bytes ? (double)run.ss.disk_bytes / (double)run.ss.stored_bytes : 0;
         if (d > worst_disk) worst_disk = d;
         if (st) {
             run_read(st, &m->images[0], map, &export_s, &reader_s);
@@ -555,8 +580,11 @@ int main(int argc, char **argv)
     for (int t = 0; t < 2; t++) {
         rate[t] = size_mb / in[t].seconds;
         data_rate[t] = data_mb / in[t].seconds;
-        disk_ratio[t] = in[t].ss.stored_bytes ? (double)in[t].ss.disk_bytes / (double)in[t].ss.stored_bytes : 0;
-        comp_ratio[t] = in[t].ss.stored_bytes ? (double)in[t].ss.logical_bytes / (double)in[t].ss.stored_bytes : 0;
+        disk_ratio[t] =
+            in[t].ss.stored_bytes ? (double)in[t].ss.disk_bytes / (double)in[t].ss.stored_bytes : 0;
+        comp_ratio[t] = in[t].ss.stored_bytes
+                            ? (double)in[t].ss.logical_bytes / (double)in[t].ss.stored_bytes
+                            : 0;
     }
     struct goal goals[] = {
         {"ingest on 2 threads >= 1.5 x 1 thread", rate[1] / rate[0], 1.5, "x"},
@@ -582,18 +610,19 @@ int main(int argc, char **argv)
                "\"zstd3_ratio\": %.3f,\n",
                c.hash, c.compress, c.decompress, c.memcpy_, c.hash_compress, c.ratio);
         printf(" \"ingest\": [");
-        for (int t = 0; t < 2; t++)
-            printf("%s{\"threads\": %u, \"seconds\": %.3f, \"seconds_each\": [%.3f, %.3f], "
-                   "\"cpu_seconds\": %.3f, \"mbps\": %.1f, "
+        for (int t = 0; t < 2; t++) {
+            printf("%s{\"threads\": %u, \"seconds\": %.3f, \"seconds_each\": [", t ? ",\n   " : "",
+                   in[t].threads, in[t].seconds);
+            for (unsigned r = 0; r < rounds; r++) printf("%s%.3f", r ? ", " : "", secs[t][r]);
+            printf("], \"cpu_seconds\": %.3f, \"mbps\": %.1f, "
                    "\"data_mbps\": %.1f, \"chunks\": %llu, \"zero\": %llu, \"dup\": %llu, "
                    "\"added\": %llu, \"stored_bytes\": %llu, \"disk_bytes\": %llu, "
                    "\"disk_per_stored\": %.4f, \"compression_ratio\": %.3f}",
-                   t ? ",\n   " : "", in[t].threads, in[t].seconds, secs[t][0], secs[t][1],
-                   in[t].cpu_seconds, rate[t],
-                   data_rate[t], (unsigned long long)in[t].ps.chunks,
+                   in[t].cpu_seconds, rate[t], data_rate[t], (unsigned long long)in[t].ps.chunks,
                    (unsigned long long)in[t].ps.zero, (unsigned long long)in[t].ps.dup,
                    (unsigned long long)in[t].ps.added, (unsigned long long)in[t].ss.stored_bytes,
                    (unsigned long long)in[t].ss.disk_bytes, disk_ratio[t], comp_ratio[t]);
+        }
         printf("],\n \"read_mbps\": {\"export_devnull_2_workers\": %.1f, "
                "\"reader_1_worker_compared\": %.1f},\n \"goals\": [",
                size_mb / export_s, size_mb / reader_s);
@@ -611,10 +640,10 @@ int main(int argc, char **argv)
            sysconf(_SC_NPROCESSORS_ONLN), load0, load1, pressure * 100);
     printf("input     %.0f MiB in 1 MiB pieces, shuffled: %zu binaries (from %llu ELF files under "
            "/usr), %zu zero (written, not holes), %zu random\n",
-           (double)size / PIECE, npieces - nzero - npieces * 15 / 100,
-           (unsigned long long)nfiles, nzero, npieces * 15 / 100);
-    printf("          non-zero data: %.0f MB; input in the page cache, stores under %s\n\n", data_mb,
-           base);
+           (double)size / PIECE, npieces - nzero - npieces * 15 / 100, (unsigned long long)nfiles,
+           nzero, npieces * 15 / 100);
+    printf("          non-zero data: %.0f MB; input in the page cache, stores under %s\n\n",
+           data_mb, base);
     printf("%-50sMB/s\n", "single-core ceilings (CPU time), non-zero data");
     printf("  BLAKE2b-256, 4 KiB chunks                   %8.1f\n", c.hash);
     printf("  zstd -3 compress, 256 KiB groups            %8.1f   (ratio %.2f)\n", c.compress,
@@ -622,10 +651,11 @@ int main(int argc, char **argv)
     printf("  zstd -3 decompress                          %8.1f\n", c.decompress);
     printf("  memcpy                                      %8.1f\n", c.memcpy_);
     printf("  hash + compress on one core                 %8.1f\n\n", c.hash_compress);
-    printf("ingest (cs_image_import_fd; the faster     1 thread   2 threads\n");
-    printf("of two runs each, order 1-2-2-1)\n");
-    printf("  seconds, each run                      %5.2f %5.2f %5.2f %5.2f\n", secs[0][0],
-           secs[0][1], secs[1][0], secs[1][1]);
+    printf("ingest (cs_image_import_fd), the fastest    1 thread   2 threads\n");
+    printf("of %u runs each, order 1-2-2-1-...\n", rounds);
+    for (unsigned r = 0; r < rounds; r++)
+        printf("  seconds, run %u                          %10.2f  %10.2f\n", r + 1, secs[0][r],
+               secs[1][r]);
     printf("  seconds                                  %10.2f  %10.2f\n", in[0].seconds,
            in[1].seconds);
     printf("  CPU seconds                              %10.2f  %10.2f\n", in[0].cpu_seconds,
@@ -643,8 +673,8 @@ int main(int argc, char **argv)
            (unsigned long long)in[0].ss.stored_bytes, (unsigned long long)in[1].ss.stored_bytes);
     printf("  bytes on disk                            %10llu  %10llu\n",
            (unsigned long long)in[0].ss.disk_bytes, (unsigned long long)in[1].ss.disk_bytes);
-    printf("  on disk / stored                         %10.3f  %10.3f   (worst of 4: %.3f)\n",
-           disk_ratio[0], disk_ratio[1], worst_disk);
+    printf("  on disk / stored                         %10.3f  %10.3f   (worst of %u: %.3f)\n",
+           disk_ratio[0], disk_ratio[1], 2 * rounds, worst_disk);
     printf("  compression ratio (chunk bytes / stored) %10.2f  %10.2f\n\n", comp_ratio[0],
            comp_ratio[1]);
     printf("read back (the 2-thread store)                 MB/s of the image\n");

@@ -481,6 +481,7 @@ static void gc_main(const char *dir, int fd, uint64_t a, uint64_t b, uint64_t c)
     cs_store *st = NULL;
     int rc = cs_open(dir, 0, &st);
     if (rc) child_fail(fd, "cs_open", rc);
+    rec_send(fd, &(struct rec){.kind = REC_READY});
     cs_gc_report g;
     if ((rc = cs_gc(st, false, &g))) child_fail(fd, "cs_gc", rc);
     cs_close(st);
@@ -497,6 +498,7 @@ static void killed_gc_leaves_a_consistent_store(void)
     const unsigned rounds = 12;
     unsigned killed_running = 0;
     uint64_t rewritten = 0;
+    double gc_ms = 0; /* how long the last GC that finished took: kills aim inside such a run */
     for (unsigned round = 0; round < rounds; round++) {
         /* New work for GC: 16 segments whose B manifests are then unpinned. */
         struct durable w = {0};
@@ -528,16 +530,22 @@ static void killed_gc_leaves_a_consistent_store(void)
         cs_close(st);
         durable_free(&w);
 
-        /* GC, killed 0..200 ms in (or finished by then). */
-        double delay = (double)(rng_next(&rng) % 200000) / 1000;
+        /* GC: every fourth round runs to the end (and is timed); the others are killed at a
+         * random moment of a run as long as the last one that finished. */
+        bool let_finish = round % 4 == 0;
+        double delay = (double)(rng_next(&rng) % (uint64_t)(gc_ms * 1200 + 1)) / 1000;
         pid = spawn(&fd, gc_main, dir, 0, 0, 0);
-        double deadline = now_ms() + delay;
+        double started = 0, deadline = 0;
         bool done = false;
-        while (!done && now_ms() < deadline) {
-            got = rec_read(fd, &r, (int)(deadline - now_ms()) + 1);
+        while (!done && (!deadline || now_ms() < deadline)) {
+            got = rec_read(fd, &r, deadline ? (int)(deadline - now_ms()) + 1 : 30000);
             if (got < 0) break;
+            if (got == 0 && !deadline) TL_FAIL("the GC child is silent for 30 s");
             if (got == 1) take_rec(&kept, &r), done |= r.kind == REC_DONE;
+            if (got == 1 && r.kind == REC_READY)
+                started = now_ms(), deadline = let_finish ? 0 : started + delay;
         }
+        if (done) gc_ms = now_ms() - started;
         CHECK_OK(kill(pid, SIGKILL));
         while ((got = rec_read(fd, &r, -1)) != -1)
             if (got == 1) take_rec(&kept, &r), done |= r.kind == REC_DONE;
@@ -819,16 +827,27 @@ static void gc_on_a_full_disk_makes_room_for_new_chunks(void)
     free(top), free(dir);
 }
 
+/* Mounts a tmpfs of the given size on dir, in a private mount namespace (this process's own:
+ * each case runs in its own process). False, with a message, when mounting is impossible. */
+static bool mount_private_tmpfs(const char *dir, const char *size)
+{
+    char opts[64];
+    snprintf(opts, sizeof opts, "size=%s,mode=0700", size);
+    if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+        mount("tmpfs", dir, "tmpfs", MS_NOSUID | MS_NODEV, opts) != 0) {
+        printf("SKIPPED: cannot mount a tmpfs in a private mount namespace here (%s)\n",
+               strerror(errno));
+        return false;
+    }
+    return true;
+}
+
 static void full_tmpfs_makes_writes_fail_with_efull_and_loses_nothing(void)
 {
     char *top, *dir = store_dir(&top);
     CHECK_OK(mkdir(dir, 0700));
-    /* A private mount namespace: the tmpfs is seen by this process and its children only. */
-    if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
-        mount("tmpfs", dir, "tmpfs", MS_NOSUID | MS_NODEV, "size=6m,mode=0700") != 0) {
-        printf("SKIPPED: cannot mount a tmpfs in a private mount namespace here (%s); the file "
-               "size limit case covers a full disk\n",
-               strerror(errno));
+    /* The file size limit case covers a full disk where this one cannot run. */
+    if (!mount_private_tmpfs(dir, "6m")) {
         tl_rmtree(top);
         free(top), free(dir);
         return;
@@ -840,6 +859,38 @@ static void full_tmpfs_makes_writes_fail_with_efull_and_loses_nothing(void)
     CHECK_OK(mount(NULL, dir, NULL, MS_REMOUNT | MS_NOSUID | MS_NODEV, "size=64m"));
     check_after_full(dir, &d);
     durable_free(&d);
+    CHECK_OK(umount(dir));
+    tl_rmtree(top);
+    free(top), free(dir);
+}
+
+/* A store whose creation ran out of room (here LMDB's two meta pages fit only half) opens once
+ * there is room, instead of being refused for good as an unknown format. */
+static void store_created_on_a_full_disk_opens_once_there_is_room(void)
+{
+    char *top, *dir = store_dir(&top);
+    CHECK_OK(mkdir(dir, 0700));
+    if (!mount_private_tmpfs(dir, "8k")) {
+        tl_rmtree(top);
+        free(top), free(dir);
+        return;
+    }
+    char *store;
+    if (asprintf(&store, "%s/store", dir) < 0) abort();
+    cs_store *st = NULL;
+    CHECK_EQ(cs_open(store, CS_OPEN_CREATE, &st), CS_EFULL);
+    printf("creation on a full tmpfs: CS_EFULL, leaving a data file of %llu bytes\n",
+           (unsigned long long)file_size(store, "data.mdb"));
+    CHECK_OK(mount(NULL, dir, NULL, MS_REMOUNT | MS_NOSUID | MS_NODEV, "size=64m"));
+    CHECK_OK(cs_open(store, CS_OPEN_CREATE, &st));
+    uint8_t c[CS_CHUNK_SIZE], out[CS_CHUNK_SIZE];
+    cs_id id;
+    chunk_fill(c, 1);
+    CHECK_OK(cs_put(st, c, 1, NULL, &id, NULL, NULL));
+    CHECK_OK(cs_get(st, &id, 1, out, NULL));
+    CHECK_MEM(out, c, CS_CHUNK_SIZE);
+    cs_close(st);
+    free(store);
     CHECK_OK(umount(dir));
     tl_rmtree(top);
     free(top), free(dir);
@@ -949,9 +1000,67 @@ static void readonly_reader_gets_right_answers_while_a_writer_grows_the_map(void
     free(top), free(dir);
 }
 
+/* Opens the store read-only, begins a read transaction, says so, and waits to be killed. */
+static void stuck_reader_main(const char *dir, int fd, uint64_t a, uint64_t b, uint64_t c)
+{
+    (void)a, (void)b, (void)c;
+    cs_store *st = NULL;
+    int rc = cs_open(dir, CS_OPEN_READONLY, &st);
+    if (rc) child_fail(fd, "cs_open", rc);
+    MDB_txn *txn;
+    if ((rc = cs__txn_begin(st, false, &txn))) child_fail(fd, "cs__txn_begin", rc);
+    rec_send(fd, &(struct rec){.kind = REC_READY});
+    for (;;) pause();
+}
+
+/* LMDB cannot reuse pages that an open read transaction may still see. A reader killed inside
+ * one leaves its slot in the lock file behind, and unless the store clears such slots, every
+ * later commit of a process that had the store open then grows the file. */
+static void killed_reader_does_not_make_the_store_grow(void)
+{
+    char *top, *dir = store_dir(&top);
+    struct durable d = {0};
+    seed_store(dir, &d);
+    CHECK(d.nm > 0);
+    int fd;
+    pid_t pid = spawn(&fd, stuck_reader_main, dir, 0, 0, 0);
+    struct rec r;
+    int got;
+    while ((got = rec_read(fd, &r, 30000)) == 0) {}
+    CHECK_EQ(got, 1);
+    take_rec(&d, &r);
+    CHECK_EQ(r.kind, REC_READY);
+    /* This process has the store open while the reader dies, as a daemon would. */
+    cs_store *st;
+    CHECK_OK(cs_open(dir, 0, &st));
+    CHECK_OK(kill(pid, SIGKILL));
+    int status;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    close(fd);
+    /* Commits that change almost nothing: with the pages they free reused, the file stays. */
+    uint64_t before = file_size(dir, "data.mdb");
+    for (unsigned i = 0; i < 600; i++) {
+        CHECK_OK(cs_manifest_pin(st, &d.m[0].id));
+        CHECK_OK(cs_manifest_unpin(st, &d.m[0].id));
+    }
+    uint64_t after = file_size(dir, "data.mdb");
+    printf("1200 small commits after a reader was killed in a transaction: the data file grew "
+           "by %llu KiB\n",
+           (unsigned long long)((after - before) >> 10));
+    if (after - before >= (256u << 10))
+        TL_FAIL("the data file grew by %llu KiB", (unsigned long long)((after - before) >> 10));
+    cs_close(st);
+    check_store(dir, &d);
+    durable_free(&d);
+    tl_rmtree(top);
+    free(top), free(dir);
+}
+
 TL_MAIN(TL_CASE(killed_ingest_leaves_a_consistent_store),
         TL_CASE(killed_gc_leaves_a_consistent_store),
         TL_CASE(file_size_limit_makes_writes_fail_with_efull_and_loses_nothing),
         TL_CASE(full_tmpfs_makes_writes_fail_with_efull_and_loses_nothing),
         TL_CASE(gc_on_a_full_disk_makes_room_for_new_chunks),
-        TL_CASE(readonly_reader_gets_right_answers_while_a_writer_grows_the_map))
+        TL_CASE(store_created_on_a_full_disk_opens_once_there_is_room),
+        TL_CASE(readonly_reader_gets_right_answers_while_a_writer_grows_the_map),
+        TL_CASE(killed_reader_does_not_make_the_store_grow))

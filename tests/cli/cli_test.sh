@@ -293,11 +293,11 @@ stats_and_verify_answer_while_a_writer_writes() {
     n=0 prev=0
     while kill -0 "$w" 2>/dev/null; do
         cl store stats --json --home "$H" >"$T/s.json" || fail "stats failed while writing"
-        c=$(json_get "$T/s.json" '["chunks"]')
+        c=$(sed -n 's/.*"chunks": \([0-9]*\).*/\1/p' "$T/s.json")  # no python in the loop: more rounds
         [ "$c" -ge "$prev" ] || fail "chunks went from $prev down to $c"
         prev=$c
         cl store verify --json --home "$H" >"$T/v.json" || fail "verify failed while writing: $(cat "$T/v.json")"
-        [ "$(json_get "$T/v.json" '["ok"]')" = True ] || fail "verify while writing: $(cat "$T/v.json")"
+        grep -q '"ok": true' "$T/v.json" || fail "verify while writing: $(cat "$T/v.json")"
         cl store cat --home "$H" "$a" | cmp - "$T/a" || fail "a stored file changed while writing"
         n=$((n + 1))
     done
