@@ -77,9 +77,12 @@ int cmd_launch(int argc, char **argv)
         case OPT_DIR: dir = optarg; break;
         case OPT_FIFO: lo.fifo = true; break;
         case OPT_ACCEL:
-            if (!strcmp(optarg, "kvm")) lo.accel = NODE_ACCEL_KVM;
-            else if (!strcmp(optarg, "tcg")) lo.accel = NODE_ACCEL_TCG;
-            else return cli_usage_error(usage, argv[0], "--accel is kvm or tcg, not %s", optarg);
+            if (!strcmp(optarg, "kvm"))
+                lo.accel = NODE_ACCEL_KVM;
+            else if (!strcmp(optarg, "tcg"))
+                lo.accel = NODE_ACCEL_TCG;
+            else
+                return cli_usage_error(usage, argv[0], "--accel is kvm or tcg, not %s", optarg);
             break;
         }
     }
@@ -88,7 +91,8 @@ int cmd_launch(int argc, char **argv)
         return cli_usage_error(usage, argv[0],
                                "--local is required (launching through a remote node comes later)");
     if (name && (!name[0] || strchr(name, '/') || name[0] == '.'))
-        return cli_usage_error(usage, argv[0], "a domain name has no '/' and does not start with '.'");
+        return cli_usage_error(usage, argv[0],
+                               "a domain name has no '/' and does not start with '.'");
     cs_store *st = cli_open_store(argv[0], &co, false);
     if (!st) return CLI_FAIL;
     int status = CLI_FAIL;
@@ -106,12 +110,13 @@ int cmd_launch(int argc, char **argv)
             cli_error(argv[0], "cannot create %s: %s", parent, strerror(errno));
             goto done;
         }
-        if ((ddir = malloc(strlen(parent) + strlen(dname) + 2))) sprintf(ddir, "%s/%s", parent, dname);
+        if ((ddir = malloc(strlen(parent) + strlen(dname) + 2)))
+            sprintf(ddir, "%s/%s", parent, dname);
     }
     if (!ddir) goto done;
     lo.name = dname, lo.dir = ddir;
     cli_progress pr;
-    cli_progress_init(&pr, "disk");
+    cli_progress_init(&pr, "launch");
     node_launch_report r;
     char err[NODE_ERRMSG] = "";
     int rc = node_vm_launch_local(st, &id, &lo, &r, cli_progress_update, &pr, err);
@@ -127,10 +132,11 @@ int cmd_launch(int argc, char **argv)
         cli_json_str(stdout, ddir);
         printf(", \"accel\": \"%s\", \"resumed\": %s, \"fifo\": %s, \"resolve_s\": %.3f, "
                "\"disk_s\": %.3f, \"memory_s\": %.3f, \"restore_s\": %.3f, \"total_s\": %.3f, "
-               "\"disk_bytes\": %llu, \"memory_bytes\": %llu}\n",
+               "\"disk_bytes\": %llu, \"memory_bytes\": %llu, \"save_bytes\": %llu}\n",
                node_accel_name(r.accel), r.booted ? "false" : "true", lo.fifo ? "true" : "false",
                r.resolve_s, r.disk_s, r.memory_s, r.restore_s, r.total_s,
-               (unsigned long long)r.disk_bytes, (unsigned long long)r.memory_bytes);
+               (unsigned long long)r.disk_bytes, (unsigned long long)r.memory_bytes,
+               (unsigned long long)r.save_bytes);
     } else {
         char a[32];
         printf("accel    %s\n", node_accel_name(r.accel));
@@ -139,8 +145,13 @@ int cmd_launch(int argc, char **argv)
         if (r.booted) {
             printf("boot     %.3f s  (no memory snapshot: booted, not resumed)\n", r.restore_s);
         } else {
-            printf("memory   %.3f s  %s%s\n", r.memory_s, cli_bytes(r.memory_bytes, a),
-                   lo.fifo ? " (through a FIFO, while restore read it)" : "");
+            char b[32];
+            if (lo.fifo)
+                printf("memory   %.3f s  %s through a FIFO, while restore read it\n", r.memory_s,
+                       cli_bytes(r.memory_bytes, a));
+            else
+                printf("memory   %.3f s  %s as a %s save file\n", r.memory_s,
+                       cli_bytes(r.memory_bytes, a), cli_bytes(r.save_bytes, b));
             printf("restore  %.3f s\n", r.restore_s);
         }
         printf("total    %.3f s\n", r.total_s);

@@ -58,8 +58,8 @@ int cmd_vm_capture(int argc, char **argv)
     cli_progress_init(&pr, "import");
     node_import_report r;
     char err[NODE_ERRMSG] = "";
-    int rc = node_vm_capture(st, uri, argv[optind], tmpdir, &o, &id, &r, cli_progress_update, &pr,
-                             err);
+    int rc =
+        node_vm_capture(st, uri, argv[optind], tmpdir, &o, &id, &r, cli_progress_update, &pr, err);
     cli_progress_end(&pr);
     if (rc) {
         cli_error(argv[0], "%s", err[0] ? err : node_strerror(rc));

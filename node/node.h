@@ -166,7 +166,9 @@ int node_vm_xml_first_disk(const char *xml, char **file, char **format, char err
 /* Saves running domain `domain` (a name or UUID) of libvirt at uri (NULL: qemu:///system) with
  * virDomainSave to a temporary file in tmpdir, then imports it with node_vm_import (o->disk
  * and o->memory are filled in here: the disk is the domain XML's first disk, which must be a
- * raw file) and removes the file. The domain stops: it is saved, not copied while running. */
+ * raw file) and removes the file. The domain stops: it is saved, not copied while running.
+ * When the import fails the domain is restored from the file; should that fail too, the file
+ * is kept and err names it. */
 int node_vm_capture(cs_store *st, const char *uri, const char *domain, const char *tmpdir,
                     const node_vm_import_opts *o, cs_id *id, node_import_report *report,
                     cs_progress_fn progress, void *arg, char err[NODE_ERRMSG]);
@@ -189,7 +191,9 @@ typedef struct node_launch_report {
     double restore_s;     /* virDomainRestoreFlags (or virDomainCreateXML when booted); with
                              fifo it overlaps memory_s */
     double total_s;
-    uint64_t disk_bytes, memory_bytes;
+    uint64_t disk_bytes;
+    uint64_t memory_bytes; /* RAM and device state, as stored */
+    uint64_t save_bytes;   /* the save file written (zero pages left out); 0 with fifo */
     char uuid[37];
 } node_launch_report;
 
@@ -197,7 +201,8 @@ typedef struct node_launch_report {
  * or, without one, boots it, as domain o->name with a new UUID, its first disk on disk.raw,
  * the domain type of o->accel and its first unix serial console in o->dir. The domain is
  * transient: destroying it removes it from libvirt; o->dir stays until removed. On failure
- * nothing is left: no domain, and o->dir is removed with everything in it. */
+ * nothing is left: no domain, and o->dir is removed with everything in it. progress gets the
+ * disk's bytes, then the RAM's (one call at a time, from this or a writer thread). */
 int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *o,
                          node_launch_report *report, cs_progress_fn progress, void *arg,
                          char err[NODE_ERRMSG]);

@@ -19,9 +19,9 @@
  *   file has no checksums: the writer verifies every chunk against its id, and a damaged
  *   chunk ends the stream early, which QEMU refuses as a truncated migration.
  * - KVM detection runs real guest code: /dev/kvm may exist yet be a shim that runs guests
- *   about 1000 times too slowly. A child process creates a VM, runs a loop of a few million
- *   instructions in real mode and must reach HLT within a deadline; the parent kills it if
- *   not.
+ *   about 1000 times too slowly. A child process creates a VM, runs a loop of 5 million
+ *   iterations in real mode and must reach HLT within 0.25 s (80 times what real hardware
+ *   needs); the parent kills it if not.
  */
 #define _GNU_SOURCE
 #include "node.h"
@@ -87,8 +87,8 @@ const char *node_accel_name(node_accel a)
 }
 
 /* In a child: 0 when KVM ran the loop to HLT, 1 otherwise. 16-bit real mode at 0x1000:
- * 66 49 (dec ecx), 75 fc (jnz back), f4 (hlt), with ecx = 20 million: a few milliseconds on
- * real hardware. */
+ * 66 49 (dec ecx), 75 fc (jnz back), f4 (hlt), with ecx = 5 million: about 3 ms on real
+ * hardware; on the slow shim one million iterations took 1.4 s. */
 static int kvm_probe_child(void)
 {
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -99,20 +99,22 @@ static int kvm_probe_child(void)
     if (mem == MAP_FAILED) return 1;
     static const uint8_t code[] = {0x66, 0x49, 0x75, 0xfc, 0xf4};
     memcpy(mem, code, sizeof code);
-    struct kvm_userspace_memory_region region = {
-        .slot = 0, .guest_phys_addr = 0x1000, .memory_size = 0x1000,
-        .userspace_addr = (uint64_t)(uintptr_t)mem};
+    struct kvm_userspace_memory_region region = {.slot = 0,
+                                                 .guest_phys_addr = 0x1000,
+                                                 .memory_size = 0x1000,
+                                                 .userspace_addr = (uint64_t)(uintptr_t)mem};
     if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0) return 1;
     int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
     int mmap_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
     if (vcpu < 0 || mmap_size <= 0) return 1;
-    struct kvm_run *run = mmap(NULL, (size_t)mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+    struct kvm_run *run =
+        mmap(NULL, (size_t)mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
     if (run == MAP_FAILED) return 1;
     struct kvm_sregs sregs;
     if (ioctl(vcpu, KVM_GET_SREGS, &sregs) < 0) return 1;
     sregs.cs.base = 0, sregs.cs.selector = 0;
     if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0) return 1;
-    struct kvm_regs regs = {.rip = 0x1000, .rflags = 0x2, .rcx = 20000000};
+    struct kvm_regs regs = {.rip = 0x1000, .rflags = 0x2, .rcx = 5000000};
     if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0) return 1;
     for (int i = 0; i < 100; i++) {
         if (ioctl(vcpu, KVM_RUN, 0) < 0 && errno != EINTR) return 1;
@@ -148,7 +150,7 @@ node_accel node_accel_detect(const char *uri)
     const char *env = getenv("CLOUDLET_ACCEL");
     if (env && !strcmp(env, "kvm")) return NODE_ACCEL_KVM;
     if (env && !strcmp(env, "tcg")) return NODE_ACCEL_TCG;
-    if (!kvm_runs_guest_code(1.0)) return NODE_ACCEL_TCG;
+    if (!kvm_runs_guest_code(0.25)) return NODE_ACCEL_TCG;
     char err[NODE_ERRMSG];
     virConnectPtr c = connect_uri(uri, err);
     if (!c) return NODE_ACCEL_TCG;
@@ -184,21 +186,31 @@ static bool next_tag(scanner *s, tag *t)
         if (!lt) return false;
         size_t at = (size_t)(lt - x);
         const char *close = NULL;
-        if (!strncmp(lt, "<!--", 4)) close = strstr(lt + 4, "-->"), close = close ? close + 3 : NULL;
-        else if (!strncmp(lt, "<![CDATA[", 9)) close = strstr(lt + 9, "]]>"), close = close ? close + 3 : NULL;
-        else if (lt[1] == '?') close = strstr(lt + 2, "?>"), close = close ? close + 2 : NULL;
-        else if (lt[1] == '!') close = strchr(lt, '>'), close = close ? close + 1 : NULL;
+        if (!strncmp(lt, "<!--", 4))
+            close = strstr(lt + 4, "-->"), close = close ? close + 3 : NULL;
+        else if (!strncmp(lt, "<![CDATA[", 9))
+            close = strstr(lt + 9, "]]>"), close = close ? close + 3 : NULL;
+        else if (lt[1] == '?')
+            close = strstr(lt + 2, "?>"), close = close ? close + 2 : NULL;
+        else if (lt[1] == '!')
+            close = strchr(lt, '>'), close = close ? close + 1 : NULL;
         else {
-            /* A start or end tag: '>' inside a quoted attribute value does not end it. */
+            /* A start or end tag: '>' inside a quoted attribute value does not end it. A quote
+             * opens a value only after '=', as attr_next reads values. */
             const char *p = lt + 1;
             char q = 0;
+            bool after_eq = false;
             for (; *p; p++) {
                 if (q) {
                     if (*p == q) q = 0;
-                } else if (*p == '\'' || *p == '"') {
-                    q = *p;
+                } else if (after_eq && (*p == '\'' || *p == '"')) {
+                    q = *p, after_eq = false;
+                } else if (*p == '=') {
+                    after_eq = true;
                 } else if (*p == '>') {
                     break;
+                } else if (!strchr(" \t\r\n", *p)) {
+                    after_eq = false;
                 }
             }
             if (!*p) return false;
@@ -228,32 +240,48 @@ static bool tag_is(const tag *t, const char *name)
 }
 
 /* The value of attribute `name` in tag t: offset and length within the XML. */
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* The next attribute with a quoted value in [*pp, end): its name and value spans. False at the
+ * end of the tag or at anything that is not name="value" (then no later attribute counts). */
+static bool attr_next(const char **pp, const char *end, const char **an, size_t *anl,
+                      const char **v, size_t *vl)
+{
+    const char *p = *pp;
+    for (;;) {
+        while (p < end && is_space(*p)) p++;
+        *an = p;
+        while (p < end && !is_space(*p) && *p != '=' && *p != '/' && *p != '>') p++;
+        *anl = (size_t)(p - *an);
+        while (p < end && is_space(*p)) p++;
+        if (p >= end) return false;
+        if (*p == '=') break;
+        if (*anl == 0) p++; /* a '/' or '>' */
+    }
+    p++;
+    while (p < end && is_space(*p)) p++;
+    if (p >= end || (*p != '\'' && *p != '"')) return false;
+    char q = *p++;
+    *v = p;
+    while (p < end && *p != q) p++;
+    if (p >= end) return false;
+    *vl = (size_t)(p - *v);
+    *pp = p + 1;
+    return true;
+}
+
 static bool tag_attr(const char *xml, const tag *t, const char *name, size_t *off, size_t *len)
 {
-    size_t nl = strlen(name);
-    const char *p = xml + t->start + 1 + t->name_len, *end = xml + t->end;
-    while (p < end) {
-        while (p < end && strchr(" \t\r\n", *p)) p++;
-        const char *an = p;
-        while (p < end && !strchr(" \t\r\n=/>", *p)) p++;
-        size_t anl = (size_t)(p - an);
-        while (p < end && strchr(" \t\r\n", *p)) p++;
-        if (p >= end || *p != '=') {
-            if (anl == 0) p++;
-            continue;
-        }
-        p++;
-        while (p < end && strchr(" \t\r\n", *p)) p++;
-        if (p >= end || (*p != '\'' && *p != '"')) return false;
-        char q = *p++;
-        const char *v = p;
-        while (p < end && *p != q) p++;
-        if (p >= end) return false;
+    size_t nl = strlen(name), anl, vl;
+    const char *p = xml + t->start + 1 + t->name_len, *end = xml + t->end, *an, *v;
+    while (attr_next(&p, end, &an, &anl, &v, &vl)) {
         if (anl == nl && !strncmp(an, name, nl)) {
-            *off = (size_t)(v - xml), *len = (size_t)(p - v);
+            *off = (size_t)(v - xml), *len = vl;
             return true;
         }
-        p++;
     }
     return false;
 }
@@ -263,14 +291,17 @@ static char *xml_unescape(const char *s, size_t len)
 {
     char *out = malloc(len + 1), *o = out;
     if (!out) return NULL;
-    static const struct { const char *e; char c; } ents[] = {
-        {"&amp;", '&'}, {"&lt;", '<'}, {"&gt;", '>'}, {"&apos;", '\''}, {"&quot;", '"'}};
+    static const struct {
+        const char *e;
+        char c;
+    } ents[] = {{"&amp;", '&'}, {"&lt;", '<'}, {"&gt;", '>'}, {"&apos;", '\''}, {"&quot;", '"'}};
     for (size_t i = 0; i < len;) {
         bool done = false;
         if (s[i] == '&') {
             for (size_t k = 0; k < 5 && !done; k++) {
                 size_t el = strlen(ents[k].e);
-                if (i + el <= len && !strncmp(s + i, ents[k].e, el)) *o++ = ents[k].c, i += el, done = true;
+                if (i + el <= len && !strncmp(s + i, ents[k].e, el))
+                    *o++ = ents[k].c, i += el, done = true;
             }
             if (!done && i + 3 < len && s[i + 1] == '#') {
                 char *e;
@@ -309,6 +340,7 @@ static char *xml_escape(const char *s)
 typedef struct edit {
     size_t off, len;
     char *repl; /* malloc'd */
+    size_t seq; /* order of addition: among edits of one span, the first wins */
 } edit;
 
 typedef struct edits {
@@ -324,24 +356,40 @@ static void edit_add(edits *ed, size_t off, size_t len, char *repl)
         ed->nomem = true;
         return;
     }
-    ed->e[ed->n++] = (edit){off, len, repl};
+    ed->e[ed->n] = (edit){off, len, repl, ed->n};
+    ed->n++;
 }
 
 static int edit_cmp(const void *a, const void *b)
 {
     const edit *x = a, *y = b;
-    return x->off < y->off ? -1 : x->off > y->off;
+    if (x->off != y->off) return x->off < y->off ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Sorts the edits; false when two of them overlap (only in malformed XML), except edits of one
+ * same span, where the first added wins. */
+static bool edits_sort(edits *ed)
+{
+    qsort(ed->e, ed->n, sizeof ed->e[0], edit_cmp);
+    for (size_t i = 1; i < ed->n; i++) {
+        const edit *a = &ed->e[i - 1], *b = &ed->e[i];
+        if (a->off == b->off && a->len == b->len) continue;
+        if (b->off < a->off + a->len) return false;
+    }
+    return true;
 }
 
 static char *edits_apply(const char *xml, edits *ed)
 {
-    qsort(ed->e, ed->n, sizeof ed->e[0], edit_cmp);
     size_t len = strlen(xml), n = len;
     for (size_t i = 0; i < ed->n; i++) n += strlen(ed->e[i].repl);
     char *out = malloc(n + 1), *o = out;
     if (!out) return NULL;
     size_t at = 0;
     for (size_t i = 0; i < ed->n; i++) {
+        /* Two edits of one span (a serial whose socket and log share a path): the first wins. */
+        if (i && ed->e[i].off == ed->e[i - 1].off && ed->e[i].len == ed->e[i - 1].len) continue;
         memcpy(o, xml + at, ed->e[i].off - at), o += ed->e[i].off - at;
         o = stpcpy(o, ed->e[i].repl);
         at = ed->e[i].off + ed->e[i].len;
@@ -361,8 +409,8 @@ static void edits_free(edits *ed)
 typedef struct domain_scan {
     tag root;
     bool has_name, has_uuid, has_disk, has_serial, has_log;
-    size_t name_off, name_len;     /* text of the root's <name> */
-    size_t uuid_off, uuid_len;     /* text of the root's <uuid> */
+    size_t name_off, name_len; /* text of the root's <name> */
+    size_t uuid_off, uuid_len; /* text of the root's <uuid> */
     tag disk, disk_source, disk_driver;
     bool has_disk_source, has_disk_driver;
     size_t serial_off, serial_len; /* the first unix serial's source path attribute value */
@@ -374,7 +422,8 @@ static int scan_domain(const char *xml, domain_scan *d, char err[NODE_ERRMSG])
     memset(d, 0, sizeof *d);
     scanner s = {xml, 0, 0};
     tag t;
-    bool got_root = false, in_disk = false, in_serial = false, serial_unix = false;
+    bool got_root = false, in_devices = false, in_disk = false, in_serial = false,
+         serial_unix = false;
     size_t text_from = 0;
     int text_of = 0; /* 1 name, 2 uuid */
     while (next_tag(&s, &t)) {
@@ -390,6 +439,9 @@ static int scan_domain(const char *xml, domain_scan *d, char err[NODE_ERRMSG])
             text_from = t.end, text_of = tag_is(&t, "name") ? 1 : 2;
             continue;
         }
+        if (text_of && !(t.depth == 1 && t.closing && tag_is(&t, text_of == 1 ? "name" : "uuid"))) {
+            text_of = 0; /* <name> or <uuid> with elements inside: not the domain's */
+        }
         if (t.depth == 1 && t.closing && text_of) {
             if (text_of == 1 && !d->has_name)
                 d->has_name = true, d->name_off = text_from, d->name_len = t.start - text_from;
@@ -398,9 +450,15 @@ static int scan_domain(const char *xml, domain_scan *d, char err[NODE_ERRMSG])
             text_of = 0;
             continue;
         }
+        if (t.depth == 1 && tag_is(&t, "devices")) {
+            in_devices = !t.closing && !t.empty;
+            continue;
+        }
+        if (!in_devices) continue;
         if (t.depth == 2 && tag_is(&t, "disk") && !t.closing && !d->has_disk) {
             size_t o, l;
-            bool is_disk = !tag_attr(xml, &t, "device", &o, &l) || (l == 4 && !strncmp(xml + o, "disk", 4));
+            bool is_disk =
+                !tag_attr(xml, &t, "device", &o, &l) || (l == 4 && !strncmp(xml + o, "disk", 4));
             if (is_disk) {
                 d->has_disk = true, d->disk = t;
                 in_disk = !t.empty;
@@ -408,7 +466,8 @@ static int scan_domain(const char *xml, domain_scan *d, char err[NODE_ERRMSG])
             continue;
         }
         if (in_disk) {
-            if (t.depth == 2 && t.closing) in_disk = false;
+            if (t.depth == 2 && t.closing)
+                in_disk = false;
             else if (t.depth == 3 && tag_is(&t, "source") && !t.closing && !d->has_disk_source)
                 d->disk_source = t, d->has_disk_source = true;
             else if (t.depth == 3 && tag_is(&t, "driver") && !t.closing && !d->has_disk_driver)
@@ -417,7 +476,8 @@ static int scan_domain(const char *xml, domain_scan *d, char err[NODE_ERRMSG])
         }
         if (t.depth == 2 && tag_is(&t, "serial") && !t.closing && !d->has_serial && !in_serial) {
             size_t o, l;
-            serial_unix = tag_attr(xml, &t, "type", &o, &l) && l == 4 && !strncmp(xml + o, "unix", 4);
+            serial_unix =
+                tag_attr(xml, &t, "type", &o, &l) && l == 4 && !strncmp(xml + o, "unix", 4);
             in_serial = !t.empty && serial_unix;
             continue;
         }
@@ -427,9 +487,11 @@ static int scan_domain(const char *xml, domain_scan *d, char err[NODE_ERRMSG])
                 continue;
             }
             size_t o, l;
-            if (t.depth == 3 && tag_is(&t, "source") && !t.closing && tag_attr(xml, &t, "path", &o, &l))
+            if (t.depth == 3 && tag_is(&t, "source") && !t.closing &&
+                tag_attr(xml, &t, "path", &o, &l))
                 d->has_serial = true, d->serial_off = o, d->serial_len = l;
-            if (t.depth == 3 && tag_is(&t, "log") && !t.closing && tag_attr(xml, &t, "file", &o, &l))
+            if (t.depth == 3 && tag_is(&t, "log") && !t.closing &&
+                tag_attr(xml, &t, "file", &o, &l))
                 d->has_log = true, d->log_off = o, d->log_len = l;
         }
     }
@@ -449,21 +511,37 @@ static void replace_attr_values(const char *xml, const char *value, size_t vlen,
     tag t;
     while (next_tag(&s, &t)) {
         if (t.closing) continue;
-        const char *p = xml + t.start;
-        const char *end = xml + t.end;
-        while ((p = memchr(p, '=', (size_t)(end - p)))) {
-            p++;
-            while (p < end && strchr(" \t\r\n", *p)) p++;
-            if (p >= end || (*p != '\'' && *p != '"')) continue;
-            char q = *p++;
-            const char *v = p;
-            while (p < end && *p != q) p++;
-            if (p >= end) break;
-            if ((size_t)(p - v) == vlen && !strncmp(v, value, vlen))
+        const char *p = xml + t.start + 1 + t.name_len, *end = xml + t.end, *an, *v;
+        size_t anl, vl;
+        while (attr_next(&p, end, &an, &anl, &v, &vl))
+            if (vl == vlen && !strncmp(v, value, vlen))
                 edit_add(ed, (size_t)(v - xml), vlen, xml_escape(with));
-            p++;
-        }
     }
+}
+
+static bool span_is(const char *xml, size_t off, size_t len, const char *value)
+{
+    char *esc = xml_escape(value);
+    bool same = esc && strlen(esc) == len && !strncmp(xml + off, esc, len);
+    free(esc);
+    return same;
+}
+
+/* Malformed XML (quotes or tags where they do not belong) can make the scanner read the
+ * rewritten text differently from the original. The result is scanned again and must show
+ * what was written, where it was written. */
+static bool rewrite_reads_back(const char *out, const node_vm_xml_edit *e)
+{
+    domain_scan d;
+    char err[NODE_ERRMSG];
+    if (scan_domain(out, &d, err) != 0) return false;
+    if (e->name && !(d.has_name && span_is(out, d.name_off, d.name_len, e->name))) return false;
+    if (e->uuid && !(d.has_uuid && span_is(out, d.uuid_off, d.uuid_len, e->uuid))) return false;
+    size_t o, l;
+    if (e->disk && !(d.has_disk_source && tag_attr(out, &d.disk_source, "file", &o, &l) &&
+                     span_is(out, o, l, e->disk)))
+        return false;
+    return true;
 }
 
 int node_vm_xml_rewrite(const char *xml, const node_vm_xml_edit *e, char **out,
@@ -477,7 +555,8 @@ int node_vm_xml_rewrite(const char *xml, const node_vm_xml_edit *e, char **out,
     if (e->accel != NODE_ACCEL_AUTO) {
         const char *type = e->accel == NODE_ACCEL_KVM ? "kvm" : "qemu";
         size_t o, l;
-        if (tag_attr(xml, &d.root, "type", &o, &l)) edit_add(&ed, o, l, strdup(type));
+        if (tag_attr(xml, &d.root, "type", &o, &l))
+            edit_add(&ed, o, l, strdup(type));
         else {
             char *a;
             if (asprintf(&a, " type='%s'", type) < 0) a = NULL;
@@ -493,7 +572,8 @@ int node_vm_xml_rewrite(const char *xml, const node_vm_xml_edit *e, char **out,
         edit_add(&ed, d.name_off, d.name_len, xml_escape(e->name));
     }
     if (e->uuid) {
-        if (d.has_uuid) edit_add(&ed, d.uuid_off, d.uuid_len, xml_escape(e->uuid));
+        if (d.has_uuid)
+            edit_add(&ed, d.uuid_off, d.uuid_len, xml_escape(e->uuid));
         else if (d.has_name) {
             char *u, *esc = xml_escape(e->uuid);
             if (!esc || asprintf(&u, "<uuid>%s</uuid>", esc) < 0) u = NULL;
@@ -515,7 +595,8 @@ int node_vm_xml_rewrite(const char *xml, const node_vm_xml_edit *e, char **out,
             goto fail;
         }
         if (tag_attr(xml, &d.disk, "type", &o, &l) && !(l == 4 && !strncmp(xml + o, "file", 4))) {
-            node__errf(err, "domain XML: the first disk is type '%.*s', not 'file'", (int)l, xml + o);
+            node__errf(err, "domain XML: the first disk is type '%.*s', not 'file'", (int)l,
+                       xml + o);
             rc = CS_EFORMAT;
             goto fail;
         }
@@ -534,8 +615,18 @@ int node_vm_xml_rewrite(const char *xml, const node_vm_xml_edit *e, char **out,
         rc = -ENOMEM;
         goto fail;
     }
+    if (!edits_sort(&ed)) {
+        node__errf(err, "domain XML is malformed: the elements to rewrite overlap");
+        rc = CS_EFORMAT;
+        goto fail;
+    }
     *out = edits_apply(xml, &ed);
     rc = *out ? 0 : -ENOMEM;
+    if (rc == 0 && !rewrite_reads_back(*out, e)) {
+        node__errf(err, "domain XML is malformed: its rewritten form does not read back");
+        free(*out), *out = NULL;
+        rc = CS_EFORMAT;
+    }
 fail:
     edits_free(&ed);
     return rc;
@@ -587,7 +678,8 @@ int node_vm_capture(cs_store *st, const char *uri, const char *domain, const cha
     }
     int active = virDomainIsActive(d);
     if (active != 1) {
-        node__errf(err, "domain %s is not running (only a running domain has memory to save)", domain);
+        node__errf(err, "domain %s is not running (only a running domain has memory to save)",
+                   domain);
         rc = -EINVAL;
         goto out;
     }
@@ -631,6 +723,18 @@ int node_vm_capture(cs_store *st, const char *uri, const char *domain, const cha
     node_vm_import_opts io = *o;
     io.disk = disk, io.memory = save;
     rc = node_vm_import(st, &io, id, report, progress, arg, err);
+    if (rc) {
+        /* The domain is stopped and its memory is only in the save file: resume it rather
+         * than lose it, or keep the file and say where it is. */
+        char why[NODE_ERRMSG];
+        snprintf(why, sizeof why, "%s", err[0] ? err : node_strerror(rc));
+        if (virDomainRestore(c, save) == 0) {
+            node__errf(err, "%s (domain %s was resumed)", why, domain);
+        } else {
+            node__errf(err, "%s; domain %s stays saved in %s (virsh restore)", why, domain, save);
+            free(save), save = NULL, free(dir), dir = NULL;
+        }
+    }
 out:
     if (save) unlink(save);
     if (dir) rmdir(dir);
@@ -663,7 +767,8 @@ static void remove_dir(const char *dir)
     if (dp) {
         struct dirent *de;
         while ((de = readdir(dp)))
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) unlinkat(dirfd(dp), de->d_name, 0);
+            if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+                unlinkat(dirfd(dp), de->d_name, 0);
         closedir(dp);
     }
     rmdir(dir);
@@ -690,6 +795,8 @@ struct fifo_writer {
     cs_store *st;
     const cs_manifest *m;
     const char *xml, *path;
+    cs_progress_fn progress;
+    void *arg;
     volatile int stop; /* set when the restore returned: stop waiting for a reader */
     bool opened;       /* a reader opened the FIFO */
     int rc;
@@ -721,9 +828,26 @@ static void *fifo_write(void *arg)
     t0 = now_s();
     w->opened = true;
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    w->rc = node_savefile_write(w->st, w->m, w->xml, fd, NULL, NULL, w->err);
+    /* A larger pipe buffer means fewer hand-overs between this writer and QEMU's reader (the
+     * default 64 KiB is 16 pages); failure only costs speed. */
+    fcntl(fd, F_SETPIPE_SZ, 1 << 20);
+    w->rc = node_savefile_write(w->st, w->m, w->xml, fd, w->progress, w->arg, w->err);
     close(fd);
     w->seconds = now_s() - t0;
+    return NULL;
+}
+
+/* Accelerator detection (about a second when /dev/kvm is a slow shim) runs while the disk is
+ * written. */
+struct detect_job {
+    const char *uri;
+    node_accel accel;
+};
+
+static void *detect_run(void *arg)
+{
+    struct detect_job *j = arg;
+    j->accel = node_accel_detect(j->uri);
     return NULL;
 }
 
@@ -759,10 +883,13 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
     virConnectPtr c = NULL;
     virDomainPtr dom = NULL;
     char *disk = NULL, *xml = NULL, *sock = NULL, *log = NULL, *xml_path = NULL, *mem = NULL;
-    bool made_dir = false;
+    bool made_dir = false, detecting = false;
+    pthread_t detect_th;
+    struct detect_job dj = {o->uri, o->accel};
     int rc = cs_manifest_get(st, id, &m);
     if (rc) {
-        node__errf(err, "manifest %s: %s", hex, rc == CS_ENOTFOUND ? "not in this store" : cs_strerror(rc));
+        node__errf(err, "manifest %s: %s", hex,
+                   rc == CS_ENOTFOUND ? "not in this store" : cs_strerror(rc));
         goto fail;
     }
     r->resolve_s = now_s() - t0;
@@ -792,7 +919,6 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
         rc = -EEXIST;
         goto fail;
     }
-    r->accel = o->accel != NODE_ACCEL_AUTO ? o->accel : node_accel_detect(o->uri);
     uuid_random(r->uuid);
     if (!(disk = path_in(o->dir, "disk.raw")) || !(sock = path_in(o->dir, "console.sock")) ||
         !(log = path_in(o->dir, "console.log")) || !(xml_path = path_in(o->dir, "domain.xml")) ||
@@ -800,28 +926,35 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
         rc = -ENOMEM;
         goto fail;
     }
-    node_vm_xml_edit e = {.name = o->name, .uuid = r->uuid, .disk = disk, .accel = r->accel,
-                          .serial_sock = sock, .serial_log = log};
+    /* Rewritten once now to refuse a bad XML before writing anything, and again with the
+     * accelerator once it is known. */
+    node_vm_xml_edit e = {.name = o->name,
+                          .uuid = r->uuid,
+                          .disk = disk,
+                          .accel = o->accel,
+                          .serial_sock = sock,
+                          .serial_log = log};
     if ((rc = node_vm_xml_rewrite(m->xml, &e, &xml, err))) goto fail;
+    if (o->accel == NODE_ACCEL_AUTO) {
+        if (pthread_create(&detect_th, NULL, detect_run, &dj) == 0)
+            detecting = true;
+        else
+            dj.accel = node_accel_detect(o->uri);
+    }
 
     /* QEMU runs as another user (libvirt-qemu): the directory must be traversable. */
     if (mkdir(o->dir, 0711) != 0) {
         rc = -errno;
-        node__errf(err, errno == EEXIST ? "launch directory %s exists already" : "cannot create %s: %s",
+        node__errf(err,
+                   errno == EEXIST ? "launch directory %s exists already" : "cannot create %s: %s",
                    o->dir, strerror(errno));
         goto fail;
     }
     made_dir = true;
     chmod(o->dir, 0711);
-    int fd = open(xml_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0 || (rc = write_all(fd, xml)) != 0 || close(fd) != 0) {
-        rc = rc ? rc : -errno;
-        node__errf(err, "writing %s: %s", xml_path, strerror(-rc));
-        goto fail;
-    }
 
     double t1 = now_s();
-    fd = open(disk, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = open(disk, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
         rc = -errno;
         node__errf(err, "cannot create %s: %s", disk, strerror(errno));
@@ -834,13 +967,27 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
         char bh[CS_ID_HEX + 1];
         if (rc == CS_ECORRUPT || rc == CS_ENOTFOUND)
             node__errf(err, "disk chunk %s at offset %llu: %s",
-                       cs_id_to_hex(&dimg->chunks[bad], bh), (unsigned long long)bad * CS_CHUNK_SIZE,
+                       cs_id_to_hex(&dimg->chunks[bad], bh),
+                       (unsigned long long)bad * CS_CHUNK_SIZE,
                        rc == CS_ENOTFOUND ? "not in the store" : cs_strerror(rc));
-        else node__errf(err, "writing %s: %s", disk, node_strerror(rc));
+        else
+            node__errf(err, "writing %s: %s", disk, node_strerror(rc));
         goto fail;
     }
     r->disk_s = now_s() - t1;
     r->disk_bytes = dimg->length;
+
+    if (detecting) pthread_join(detect_th, NULL), detecting = false;
+    r->accel = dj.accel;
+    e.accel = dj.accel;
+    free(xml), xml = NULL;
+    if ((rc = node_vm_xml_rewrite(m->xml, &e, &xml, err))) goto fail;
+    fd = open(xml_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 || (rc = write_all(fd, xml)) != 0 || close(fd) != 0) {
+        rc = rc ? rc : -errno;
+        node__errf(err, "writing %s: %s", xml_path, strerror(-rc));
+        goto fail;
+    }
 
     if (!has_mem) {
         double t2 = now_s();
@@ -858,14 +1005,15 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
             node__errf(err, "cannot create %s: %s", mem, strerror(errno));
             goto fail;
         }
-        rc = node_savefile_write(st, m, xml, fd, NULL, NULL, err);
+        rc = node_savefile_write(st, m, xml, fd, progress, arg, err);
         if (close(fd) != 0 && rc == 0) rc = -errno;
         if (rc) {
             if (!err[0]) node__errf(err, "writing %s: %s", mem, node_strerror(rc));
             goto fail;
         }
         r->memory_s = now_s() - t2;
-        r->memory_bytes = file_size(mem);
+        r->memory_bytes = memory_bytes(m);
+        r->save_bytes = file_size(mem);
         double t3 = now_s();
         if (virDomainRestoreFlags(c, mem, NULL, VIR_DOMAIN_SAVE_RUNNING) != 0) {
             node__errf(err, "restoring domain %s: %s", o->name, virt_msg());
@@ -880,7 +1028,8 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
             node__errf(err, "cannot create FIFO %s: %s", mem, strerror(errno));
             goto fail;
         }
-        struct fifo_writer w = {.st = st, .m = m, .xml = xml, .path = mem};
+        struct fifo_writer w = {
+            .st = st, .m = m, .xml = xml, .path = mem, .progress = progress, .arg = arg};
         pthread_t th;
         if ((rc = -pthread_create(&th, NULL, fifo_write, &w))) {
             node__errf(err, "cannot start the FIFO writer: %s", strerror(-rc));
@@ -923,6 +1072,7 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
     return 0;
 
 fail:
+    if (detecting) pthread_join(detect_th, NULL);
     if (c) {
         /* A domain of this launch may exist even when a call said no (a restore that failed
          * after QEMU started): look it up by its fresh UUID, never by name alone. */
