@@ -84,6 +84,7 @@ int cmd_overlay_export(int argc, char **argv);
 int cmd_overlay_import(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_peers(int argc, char **argv);
+int cmd_pull(int argc, char **argv);
 int cmd_vm_import(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_manifest_show(int argc, char **argv);

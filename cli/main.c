@@ -13,6 +13,7 @@ static const struct {
     {"fleet-key", NULL, cmd_fleet_key, "print the fleet key for nodes, or the client key for apps"},
     {"status", NULL, cmd_status, "ask the node's daemon how it is"},
     {"peers", NULL, cmd_peers, "list the nodes of the fleet the daemon knows"},
+    {"pull", NULL, cmd_pull, "fetch a VM and every chunk this node lacks from its peers"},
     {"ls", NULL, cmd_ls, "list the VMs and files in the store"},
     {"vm", "import", cmd_vm_import, "store a VM (disk, domain XML) as a manifest; print its id"},
     {"synth", NULL, cmd_synth, "rebuild a VM's files from the store alone"},

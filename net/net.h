@@ -352,6 +352,71 @@ void net_conn_close(net_conn *c);
 /* Immediate close (no FINAL): on_close follows with status. */
 void net_conn_abort(net_conn *c, int status);
 
+/* ---- chunk exchange messages (docs/protocol.md, "Chunk exchange") --------------------------- */
+
+/* Application message types of the chunk exchange between nodes. */
+enum {
+    NET_MSG_MANIFEST_GET = 0x20, /* manifest id, offset: send (part of) this manifest */
+    NET_MSG_MANIFEST = 0x21,     /* manifest id, found, total length, offset, bytes */
+    NET_MSG_HAVE = 0x22,         /* request id, ids: which of these do you hold? */
+    NET_MSG_HAVE_BITMAP = 0x23,  /* request id, bitmap: bit i set = id i held */
+    NET_MSG_GET = 0x24,          /* request id, ids: send these chunks */
+    NET_MSG_CHUNKS = 0x25,       /* request id, ids, one zstd frame of their bytes */
+    NET_MSG_DONT_HAVE = 0x26,    /* request id, ids: of those asked, these are not held */
+};
+
+#define NET_ID_BYTES 32u             /* a chunk or manifest id (BLAKE2b-256) */
+#define NET_CHUNK_BYTES 4096u        /* a chunk */
+#define NET_HAVE_MAX 16384u          /* ids in one HAVE (512 KiB of ids) */
+#define NET_GET_MAX 128u             /* ids in one GET, CHUNKS or DONT_HAVE */
+#define NET_MANIFEST_PART_MAX (NET_PAYLOAD_MAX - 49u) /* manifest bytes in one MANIFEST */
+#define NET_MANIFEST_TOTAL_MAX (256u << 20) /* a manifest longer than this is refused */
+
+/* One decoded exchange message. Pointers point into the decoded payload and are valid as long
+ * as it is. Which fields are set depends on type (docs/protocol.md). */
+typedef struct net_msg {
+    uint8_t type;
+    uint32_t req;             /* the request id (HAVE .. DONT_HAVE) */
+    uint32_t n;               /* ids (HAVE, GET, CHUNKS, DONT_HAVE) or bits (HAVE_BITMAP) */
+    const uint8_t *ids;       /* n * NET_ID_BYTES */
+    const uint8_t *bitmap;    /* HAVE_BITMAP: (n + 7) / 8 bytes, bits past n zero */
+    const uint8_t *z;         /* CHUNKS: one zstd frame whose content is n * 4096 bytes */
+    size_t zlen;
+    uint8_t id[NET_ID_BYTES]; /* MANIFEST_GET, MANIFEST */
+    bool found;               /* MANIFEST */
+    uint64_t total, offset;   /* MANIFEST: the manifest's length, where this part starts;
+                                 MANIFEST_GET: the offset asked for */
+    const uint8_t *part;      /* MANIFEST: bytes [offset, offset + part_len) of the manifest */
+    size_t part_len;
+} net_msg;
+
+/* Decodes the payload of a message of the given type, a pure function of the bytes. 0 and *out,
+ * or NET_EFORMAT for anything malformed or over its bound (a CHUNKS frame whose declared content
+ * size is not exactly n * 4096 included), -EINVAL for a type that is not of the exchange. The
+ * chunks of a CHUNKS message are not decompressed here: see net_msg_chunks. */
+int net_msg_decode(uint8_t type, const uint8_t *payload, size_t len, net_msg *out) NET_WUR;
+/* Decompresses a decoded CHUNKS message into out (m->n * 4096 bytes). The frame's size was
+ * checked by the decoder before any byte is decompressed; NET_EFORMAT if it does not inflate to
+ * exactly that. */
+int net_msg_chunks(const net_msg *m, void *out) NET_WUR;
+
+/* Encoders: each returns 0 with a malloc'd payload in *out (the caller frees) and its length,
+ * -EINVAL for counts over the bounds above, -ENOMEM, or NET_EFORMAT if zstd fails. */
+int net_msg_encode_manifest_get(const uint8_t id[NET_ID_BYTES], uint64_t offset, uint8_t **out,
+                                size_t *len) NET_WUR;
+/* part of manifest bytes starting at offset of total; found false sends total 0, no bytes. */
+int net_msg_encode_manifest(const uint8_t id[NET_ID_BYTES], bool found, uint64_t total,
+                            uint64_t offset, const uint8_t *part, size_t part_len, uint8_t **out,
+                            size_t *len) NET_WUR;
+/* HAVE, GET or DONT_HAVE with n ids (n * 32 bytes). */
+int net_msg_encode_ids(uint8_t type, uint32_t req, const uint8_t *ids, uint32_t n, uint8_t **out,
+                       size_t *len) NET_WUR;
+int net_msg_encode_bitmap(uint32_t req, uint32_t nbits, const uint8_t *bitmap, uint8_t **out,
+                          size_t *len) NET_WUR;
+/* CHUNKS: n ids and their n * 4096 bytes, compressed together at zstd level. */
+int net_msg_encode_chunks(uint32_t req, const uint8_t *ids, uint32_t n, const void *chunks,
+                          int level, uint8_t **out, size_t *len) NET_WUR;
+
 /* ---- discovery beacons (docs/discovery.md) -------------------------------------------------- */
 
 /* A beacon is one UDP datagram of exactly NET_BEACON_BYTES: magic "CLBN", version, a random

@@ -303,10 +303,12 @@ void node_log(node_log_level level, const char *fmt, ...) __attribute__((format(
 typedef struct node_addr {
     char host[256]; /* a numeric IPv4/IPv6 address or a host name */
     uint16_t port;
+    bool has_key;                /* a static peer given with its node key */
+    uint8_t key[NODE_KEY_BYTES]; /* that key: lets the node connect without hearing a beacon */
 } node_addr;
 
 typedef struct node_config {
-    node_addr listen;    /* TCP for peers and apps; default 0.0.0.0:7420 */
+    node_addr listen;    /* TCP for peers and apps; default 0.0.0.0:7420 (port 0: any) */
     node_addr multicast; /* discovery beacons; default 239.255.67.76:7421 */
     bool discovery;      /* send and hear beacons; default on */
     node_addr peers[NODE_MAX_STATIC_PEERS]; /* static peers (networks without multicast) */

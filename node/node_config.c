@@ -32,8 +32,9 @@ void node_config_defaults(node_config *cfg)
     cfg->log_level = NODE_LOG_INFO;
 }
 
-/* "host:port", "[v6]:port". */
-static bool parse_addr(const char *v, node_addr *a)
+/* "host:port", "[v6]:port"; port 0 only where any_port (the listen address: the system picks
+ * one and the daemon reports it). */
+static bool parse_addr_port(const char *v, node_addr *a, bool any_port)
 {
     const char *colon;
     size_t hlen;
@@ -52,12 +53,37 @@ static bool parse_addr(const char *v, node_addr *a)
     char *end;
     errno = 0;
     unsigned long port = strtoul(colon + 1, &end, 10);
-    if (errno || *end || colon[1] == '\0' || port == 0 || port > 65535) return false;
+    if (errno || *end || colon[1] == '\0' || (port == 0 && !any_port) || port > 65535) return false;
     memcpy(a->host, v, hlen);
     a->host[hlen] = '\0';
     for (size_t i = 0; i < hlen; i++)
         if (isspace((unsigned char)a->host[i])) return false;
     a->port = (uint16_t)port;
+    return true;
+}
+
+static bool parse_addr(const char *v, node_addr *a)
+{
+    return parse_addr_port(v, a, false);
+}
+
+/* A static peer: "host:port", optionally followed by the peer's node key
+ * ("cloudlet-node-key:<64 hex digits>"), which lets the node connect to it without a beacon. */
+static bool parse_peer(const char *v, node_addr *a)
+{
+    char addr[MAX_LINE + 1];
+    size_t n = strcspn(v, " \t");
+    memcpy(addr, v, n);
+    addr[n] = '\0';
+    node_addr out = {0};
+    if (!parse_addr(addr, &out)) return false;
+    const char *k = v + n;
+    while (*k == ' ' || *k == '\t') k++;
+    if (*k) {
+        if (node_key_decode(k, strlen(k), NODE_KEY_NODE_PUBLIC, out.key, NULL) != 0) return false;
+        out.has_key = true;
+    }
+    *a = out;
     return true;
 }
 
@@ -93,7 +119,7 @@ static int set_key(node_config *c, const char *k, const char *v, unsigned line, 
 {
     uint64_t n;
     bool ok = true;
-    if (!strcmp(k, "listen")) ok = parse_addr(v, &c->listen);
+    if (!strcmp(k, "listen")) ok = parse_addr_port(v, &c->listen, true);
     else if (!strcmp(k, "multicast")) ok = parse_addr(v, &c->multicast);
     else if (!strcmp(k, "discovery")) ok = parse_bool(v, &c->discovery);
     else if (!strcmp(k, "peer")) {
@@ -101,7 +127,7 @@ static int set_key(node_config *c, const char *k, const char *v, unsigned line, 
             node__errf(err, "line %u: more than %d static peers", line, NODE_MAX_STATIC_PEERS);
             return CS_EFORMAT;
         }
-        ok = parse_addr(v, &c->peers[c->npeers]);
+        ok = parse_peer(v, &c->peers[c->npeers]);
         if (ok) c->npeers++;
     } else if (!strcmp(k, "max_peers")) {
         if ((ok = parse_uint(v, 4096, &n) && n >= 1)) c->max_peers = (unsigned)n;

@@ -6,6 +6,9 @@
  * closes the connection. Requests that read the store run on the worker pool; the loop only
  * parses the line and writes the answer. A client that never finishes its line costs one
  * small buffer until it goes away or overflows the limit.
+ * Long work (a pull) answers in the streaming form: one JSON line per progress report and a
+ * last line, then the close. The work belongs to its client: when the client goes away first,
+ * the work is stopped (node__pull_detach), so nothing reports to a freed client.
  */
 #define _GNU_SOURCE
 #include "node_daemon.h"
@@ -29,6 +32,9 @@ typedef struct client {
     bool answered, working, closed;
     bool draining; /* answered an oversized request: read the rest away before closing, so the
                       client is not reset before it reads the answer */
+    bool streaming;  /* answering with progress lines (a pull) */
+    bool stream_end; /* the last line is queued: close once it is written */
+    unsigned writes; /* streamed lines not yet written */
     uv_work_t work;
     char *reply; /* malloc'd JSON line */
     uv_write_t wr;
@@ -37,6 +43,7 @@ typedef struct client {
 
 static void client_free(client *c)
 {
+    if (c->streaming && !c->stream_end) node__pull_detach(c->d, c);
     c->d->control_clients--;
     free(c->reply);
     free(c);
@@ -145,6 +152,70 @@ static void work_done(uv_work_t *w, int status)
     send_reply(c);
 }
 
+typedef struct stream_write {
+    uv_write_t wr;
+    client *c;
+    char line[];
+} stream_write;
+
+static void on_stream_written(uv_write_t *w, int status)
+{
+    stream_write *sw = w->data;
+    client *c = sw->c;
+    free(sw);
+    c->writes--;
+    if (status < 0 || (c->stream_end && c->writes == 0)) close_client(c);
+}
+
+/* A pull's report: one line to the client, as it is (the client reads as fast as it likes; the
+ * pull reports a few lines per second). */
+static void stream_line(const char *line, bool last, void *arg)
+{
+    client *c = arg;
+    if (last) c->stream_end = true;
+    if (c->closed || uv_is_closing((uv_handle_t *)&c->pipe)) return;
+    size_t n = strlen(line);
+    stream_write *sw = malloc(sizeof *sw + n + 1);
+    if (!sw) {
+        close_client(c);
+        return;
+    }
+    memcpy(sw->line, line, n + 1);
+    sw->c = c;
+    sw->wr.data = sw;
+    uv_buf_t b = uv_buf_init(sw->line, (unsigned)n);
+    if (uv_write(&sw->wr, (uv_stream_t *)&c->pipe, &b, 1, on_stream_written) != 0) {
+        free(sw);
+        close_client(c);
+        return;
+    }
+    c->writes++;
+}
+
+/* "pull <manifest id> [peer]": answered in the streaming form. */
+static bool start_pull(client *c, char *args)
+{
+    char *id_hex = strtok(args, " "), *peer = strtok(NULL, " "), *extra = strtok(NULL, " ");
+    cs_id id;
+    if (!id_hex || extra || cs_id_from_hex(id_hex, &id) != 0) {
+        c->reply = strdup("{\"error\": \"usage: pull <manifest id: 64 hex digits> [peer]\"}\n");
+        return false;
+    }
+    char err[NODE_ERRMSG] = "";
+    c->streaming = true;
+    int rc = node__pull_start(c->d, &id, peer, stream_line, c, err);
+    if (rc) {
+        c->streaming = false;
+        char msg[2 * NODE_ERRMSG];
+        json_escape(err[0] ? err : node_strerror(rc), msg, sizeof msg);
+        c->reply = jsonf("{\"error\": \"%s\"}\n", msg);
+        return false;
+    }
+    /* Read on, to learn when the client goes away. */
+    uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+    return true;
+}
+
 static void dispatch(client *c, char *line)
 {
     c->answered = true;
@@ -158,6 +229,8 @@ static void dispatch(client *c, char *line)
             return;
         }
         c->reply = strdup("{\"error\": \"cannot queue the request\"}\n");
+    } else if (!strncmp(line, "pull ", 5)) {
+        if (start_pull(c, line + 5)) return;
     } else if (!strcmp(line, "peers")) {
         c->reply = node__peers_json(c->d); /* the table lives on the loop: answered here */
     } else {
@@ -172,7 +245,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
 {
     (void)hint;
     client *c = h->data;
-    if (c->draining) c->len = 0;
+    if (c->draining || c->streaming) c->len = 0;
     *b = uv_buf_init(c->buf + c->len, (unsigned)(MAX_REQUEST - c->len));
 }
 
@@ -184,7 +257,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         close_client(c);
         return;
     }
-    if (c->draining) return;
+    if (c->draining || c->streaming) return;
     c->len += (size_t)n;
     char *nl = memchr(c->buf, '\n', c->len);
     if (nl) {

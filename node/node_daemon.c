@@ -129,6 +129,12 @@ int node_daemon_start(node_daemon *d, char err[NODE_ERRMSG])
     if (!d->keys.has_fleet)
         node_log(NODE_LOG_WARN, "no fleet key: this node runs alone, with no peers and no apps "
                                 "(join a fleet with `cloudlet init --fleet-key FILE`)");
+    /* Before discovery: the beacons carry the port the exchange bound. */
+    if ((rc = node__exchange_start(d, err))) {
+        node_daemon_stop(d);
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+        return rc;
+    }
     if ((rc = node__discovery_start(d, err))) {
         node_daemon_stop(d);
         uv_run(&d->loop, UV_RUN_DEFAULT);
@@ -142,6 +148,7 @@ void node_daemon_stop(node_daemon *d)
     if (d->stopping) return;
     d->stopping = true;
     node__control_close(d);
+    node__exchange_stop(d);
     node__discovery_stop(d);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
@@ -169,6 +176,7 @@ void node_daemon_free(node_daemon *d)
         int rc = uv_loop_close(&d->loop);
         if (rc) node_log(NODE_LOG_WARN, "event loop closed with live handles: %s", uv_strerror(rc));
     }
+    node__exchange_free(d);
     node__discovery_free(d);
     cs_close(d->st);
     if (d->control_path) unlink(d->control_path);

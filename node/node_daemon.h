@@ -12,6 +12,7 @@ typedef struct node_daemon_opts {
 } node_daemon_opts;
 
 typedef struct node__discovery node__discovery;
+typedef struct node__exchange node__exchange;
 
 typedef struct node_daemon {
     uv_loop_t loop;
@@ -26,6 +27,7 @@ typedef struct node_daemon {
     uint64_t started_ms;
     unsigned control_clients;
     node__discovery *disc; /* beacons and the peer table; NULL when the node has none */
+    node__exchange *xchg;  /* chunk exchange with peers; NULL for a node without a fleet key */
 } node_daemon;
 
 /* Reads the configuration and the keys (refusing key files others may read) and takes the
@@ -56,6 +58,28 @@ void node__discovery_free(node_daemon *d);
 /* The answer to the control socket's `peers` request: one JSON line (malloc'd; NULL when out of
  * memory). */
 char *node__peers_json(node_daemon *d);
+
+/* The chunk exchange (node_exchange.c, docs/protocol.md §9). start listens on the listen
+ * address (port 0: the bound port is written back into cfg.listen.port) and does nothing for a
+ * node without a fleet key; a listen failure is logged and the node still pulls. stop ends every
+ * pull and closes every connection; free releases the rest once the loop has ended. */
+int node__exchange_start(node_daemon *d, char err[NODE_ERRMSG]);
+void node__exchange_stop(node_daemon *d);
+void node__exchange_free(node_daemon *d);
+bool node__exchange_listening(node_daemon *d);
+
+/* A pull reports with one JSON line (ending in a newline, valid during the call) now and then,
+ * and a last one (last true) when it ends: {"done": ...} or {"error": ...}. */
+typedef void (*node__pull_report_fn)(const char *line, bool last, void *arg);
+/* Starts pulling manifest id and every chunk it names that the store lacks, from the known
+ * peers (or only those matching peer: a node key, "host:port" or a host). On error (err says
+ * why) fn never runs; otherwise its last call comes exactly once, unless the requester is
+ * detached first. */
+int node__pull_start(node_daemon *d, const cs_id *id, const char *peer, node__pull_report_fn fn,
+                     void *arg, char err[NODE_ERRMSG]);
+/* The requester arg goes away: its pull stops (what was stored stays) and fn is not called
+ * again. */
+void node__pull_detach(node_daemon *d, void *arg);
 
 typedef struct node__discovery_counters {
     uint64_t received, accepted; /* datagrams; beacons believed */
@@ -90,5 +114,7 @@ int node__peer_heard(node__peer_table *t, const net_beacon *b, const char *ip, i
  * returns how many. */
 unsigned node__peer_expire(node__peer_table *t, uint64_t now_ms, uint64_t timeout_ms,
                            void (*gone)(const node__peer *p, void *arg), void *arg);
+/* The daemon's peer table, NULL when discovery is not running; valid until the loop runs on. */
+const node__peer_table *node__discovery_table(node_daemon *d);
 
 #endif

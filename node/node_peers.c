@@ -536,6 +536,11 @@ void node__discovery_free(node_daemon *d)
     d->disc = NULL;
 }
 
+const node__peer_table *node__discovery_table(node_daemon *d)
+{
+    return d->disc ? &d->disc->table : NULL;
+}
+
 /* ---- the `peers` answer --------------------------------------------------------------------- */
 
 static void json_peer(FILE *f, const node__discovery *s, const node__peer *p, uint64_t now)

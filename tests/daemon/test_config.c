@@ -62,7 +62,10 @@ static void errors_name_the_line_and_change_nothing(void)
     node_config c;
     char err[NODE_ERRMSG];
     node_config_defaults(&c);
-    const char *bad[] = {"listen = 1.2.3.4\n", "listen = 1.2.3.4:0\n", "listen = 1.2.3.4:70000\n",
+    const char *bad[] = {"listen = 1.2.3.4\n", "peer = 1.2.3.4:0\n", "listen = 1.2.3.4:70000\n",
+                         "peer = 1.2.3.4:5 cloudlet-node-key:00\n",
+                         "peer = 1.2.3.4:5 cloudlet-fleet-key:"
+                         "0000000000000000000000000000000000000000000000000000000000000000\n",
                          "max_peers = -1\n", "max_peers = 0\n", "discovery = maybe\n",
                          "log_level = loud\n", "control_socket = relative\n", "rate_total = 5T\n",
                          "listen\n", "= 5\n"};
@@ -77,6 +80,25 @@ static void errors_name_the_line_and_change_nothing(void)
     CHECK(strstr(err, "unknown key 'frobnicate'") != NULL);
 }
 
+/* Port 0 lets the system pick the listen port (the daemon reports the one bound); a static peer
+ * may carry its node key, so a node can connect to it without hearing its beacons. */
+static void listen_port_zero_and_static_peer_keys_are_read(void)
+{
+    node_config c;
+    char err[NODE_ERRMSG];
+    CHECK_OK(parse("listen = 127.0.0.1:0\n"
+                   "peer = 127.0.0.1:7420 cloudlet-node-key:"
+                   "0101010101010101010101010101010101010101010101010101010101010101\n"
+                   "peer = 127.0.0.2:7420\n",
+                   &c, err));
+    CHECK_EQ(c.listen.port, 0);
+    CHECK_EQ(c.npeers, 2);
+    CHECK(c.peers[0].has_key);
+    CHECK_EQ(c.peers[0].key[31], 1);
+    CHECK_EQ(c.peers[0].port, 7420);
+    CHECK(!c.peers[1].has_key);
+}
+
 static void missing_file_is_notfound(void)
 {
     node_config c;
@@ -86,4 +108,5 @@ static void missing_file_is_notfound(void)
 }
 
 TL_MAIN(TL_CASE(no_file_means_defaults_that_work_on_a_lan), TL_CASE(every_key_is_read),
-        TL_CASE(errors_name_the_line_and_change_nothing), TL_CASE(missing_file_is_notfound))
+        TL_CASE(errors_name_the_line_and_change_nothing),
+        TL_CASE(listen_port_zero_and_static_peer_keys_are_read), TL_CASE(missing_file_is_notfound))

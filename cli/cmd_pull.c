@@ -1,0 +1,276 @@
+/* cmd_pull.c — `cloudlet pull`: fetch a manifest and every chunk this node lacks from its peers,
+ * through the daemon (docs/control.md, the streaming form; docs/fetch.md). */
+#define _GNU_SOURCE
+#include "cli.h"
+#include "node.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: cloudlet pull ID [--peer NODE] [--home DIR] [--json]\n\n"
+    "Has the node's daemon fetch manifest ID and every chunk it names that the store lacks\n"
+    "from the fleet's peers: every peer is asked which chunks it holds, the chunks are\n"
+    "striped across the holders, each is verified against its id, and a peer that fails or\n"
+    "goes away leaves its share to the others. Interrupted, it keeps what it stored: pulling\n"
+    "again fetches only the rest. On a terminal it shows progress (bytes by source, rate,\n"
+    "ETA); at the end a report by source, and the manifest id as the last line.\n\n"
+    "  --peer NODE  pull only from this peer: its node key, or host:port, or host\n"
+    "  --json       the daemon's final report as JSON\n"
+    "  --home DIR   the node home\n";
+
+#define LINE_MAX_BYTES  (1u << 20)
+#define IDLE_TIMEOUT_MS 60000 /* the daemon reports several times a second */
+
+/* The value after "key": within [obj, end) (numbers, strings, true/false/null). The daemon's
+ * lines are flat inside each source object. */
+static const char *field(const char *obj, const char *end, const char *key, char *out, size_t cap)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    out[0] = '\0';
+    const char *p = strstr(obj, pat);
+    if (!p || p >= end) return out;
+    p += strlen(pat);
+    if (*p == '"') p++;
+    size_t k = 0;
+    while (p < end && *p && *p != '"' && *p != ',' && *p != '}' && k + 1 < cap) {
+        if (*p == '\\' && p + 1 < end) p++;
+        out[k++] = *p++;
+    }
+    out[k] = '\0';
+    return out;
+}
+
+static uint64_t num(const char *obj, const char *end, const char *key)
+{
+    char v[32];
+    return strtoull(field(obj, end, key, v, sizeof v), NULL, 10);
+}
+
+/* Calls fn for each object of the "sources" array of line. */
+static void each_source(const char *line, void (*fn)(const char *o, const char *e, void *arg),
+                        void *arg)
+{
+    const char *p = strstr(line, "\"sources\": [");
+    if (!p) return;
+    p += strlen("\"sources\": [");
+    while ((p = strchr(p, '{')) != NULL) {
+        const char *e = strchr(p, '}');
+        if (!e) return;
+        fn(p, e, arg);
+        p = e + 1;
+    }
+}
+
+static int connect_daemon(const char *cmd, const cli_common *co)
+{
+    char *home = cli_home(co), *conf = node_home_path(home, "cloudlet.conf");
+    node_config cfg;
+    node_config_defaults(&cfg);
+    char err[NODE_ERRMSG];
+    int rc = conf ? node_config_load(conf, &cfg, err) : -ENOMEM;
+    free(conf);
+    if (rc && rc != CS_ENOTFOUND) {
+        cli_error(cmd, "%s", err);
+        free(home);
+        return -1;
+    }
+    char *path =
+        cfg.control_socket[0] ? strdup(cfg.control_socket) : node_home_path(home, "control.sock");
+    free(home);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (!path || strlen(path) >= sizeof sa.sun_path) {
+        cli_error(cmd, "bad control socket path");
+        free(path);
+        return -1;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        int e = errno;
+        if (e == ENOENT || e == ECONNREFUSED)
+            cli_error(cmd, "cloudletd is not running (no daemon at %s); start it with `cloudletd`",
+                      path);
+        else
+            cli_error(cmd, "cannot reach cloudletd at %s: %s", path, strerror(e));
+        if (fd >= 0) close(fd);
+        free(path);
+        return -1;
+    }
+    free(path);
+    return fd;
+}
+
+/* ---- progress and the report ------------------------------------------------------------------
+ */
+
+typedef struct view {
+    cli_progress prog;
+    char line[512];
+    size_t len;
+} view;
+
+static void source_progress(const char *o, const char *e, void *arg)
+{
+    view *v = arg;
+    char key[80], b[32];
+    field(o, e, "key", key, sizeof key);
+    key[8] = '\0';
+    if (v->len + 64 < sizeof v->line)
+        v->len += (size_t)snprintf(v->line + v->len, sizeof v->line - v->len, "  %s %s", key,
+                                   cli_bytes(num(o, e, "bytes"), b));
+}
+
+static void show_progress(view *v, const char *line, const char *end)
+{
+    if (!v->prog.enabled) return;
+    char phase[32];
+    field(line, end, "phase", phase, sizeof phase);
+    if (strcmp(phase, "fetch") != 0) {
+        fprintf(stderr, "\r\033[Kpull: %s", phase);
+        v->prog.shown = true;
+        return;
+    }
+    uint64_t done = num(line, end, "bytes"), total = num(line, end, "total_bytes");
+    double s = (double)num(line, end, "ms") / 1000.0;
+    double rate = s > 0 ? (double)done / s : 0;
+    char d[32], t[32], r[32], eta[32] = "--:--";
+    if (rate > 0 && total >= done) {
+        unsigned long left = (unsigned long)((double)(total - done) / rate);
+        snprintf(eta, sizeof eta, "%lu:%02lu", left / 60, left % 60);
+    }
+    v->len = 0;
+    v->line[0] = '\0';
+    each_source(line, source_progress, v);
+    fprintf(stderr, "\r\033[Kpull %s / %s  %s/s  ETA %s %s", cli_bytes(done, d),
+            cli_bytes(total, t), cli_bytes((uint64_t)rate, r), eta, v->line);
+    v->prog.shown = true;
+}
+
+static void source_report(const char *o, const char *e, void *arg)
+{
+    (void)arg;
+    char key[80], addr[80], state[16], b[32];
+    field(o, e, "key", key, sizeof key);
+    key[16] = '\0';
+    field(o, e, "address", addr, sizeof addr);
+    field(o, e, "state", state, sizeof state);
+    printf("  from %s %-21s %8llu chunks %10s  %llu failed, %llu not held%s\n", key, addr,
+           (unsigned long long)num(o, e, "chunks"), cli_bytes(num(o, e, "bytes"), b),
+           (unsigned long long)num(o, e, "failures"), (unsigned long long)num(o, e, "not_held"),
+           !strcmp(state, "gone") ? " (gone)" : "");
+}
+
+static void final_report(const char *line, const char *end)
+{
+    char id[80], b[32];
+    field(line, end, "id", id, sizeof id);
+    uint64_t ms = num(line, end, "ms");
+    printf("pulled %.16s in %.1f s: %llu chunks (%s) fetched, %llu of %llu held already, "
+           "%llu failed\n",
+           id, (double)ms / 1000.0, (unsigned long long)num(line, end, "chunks_fetched"),
+           cli_bytes(num(line, end, "bytes"), b), (unsigned long long)num(line, end, "held_before"),
+           (unsigned long long)num(line, end, "unique_chunks"),
+           (unsigned long long)num(line, end, "failures"));
+    each_source(line, source_report, NULL);
+    printf("%s\n", id);
+}
+
+int cmd_pull(int argc, char **argv)
+{
+    enum { OPT_PEER = 0x200 };
+    static const struct option opts[] = {CLI_COMMON_OPTIONS,
+                                         {"json", no_argument, NULL, CLI_OPT_JSON},
+                                         {"peer", required_argument, NULL, OPT_PEER},
+                                         {0}};
+    cli_common co = {0};
+    const char *peer = NULL;
+    int c;
+    while ((c = cli_getopt(argc, argv, "h", opts, usage, &co)) != -1) {
+        if (c == '?') return CLI_USAGE;
+        if (c == OPT_PEER) peer = optarg;
+    }
+    if (optind >= argc) return cli_usage_error(usage, argv[0], "no manifest ID given");
+    if (optind + 1 < argc) return cli_usage_error(usage, argv[0], "one manifest ID at a time");
+    cs_id id;
+    if (cs_id_from_hex(argv[optind], &id) != 0)
+        return cli_usage_error(usage, argv[0], "%s is not a manifest id (64 hex digits)",
+                               argv[optind]);
+    if (peer && (!peer[0] || strpbrk(peer, " \t\r\n")))
+        return cli_usage_error(usage, argv[0], "bad --peer '%s'", peer);
+    char hex[CS_ID_HEX + 1], req[512];
+    snprintf(req, sizeof req, "pull %s%s%s\n", cs_id_to_hex(&id, hex), peer ? " " : "",
+             peer ? peer : "");
+
+    int fd = connect_daemon(argv[0], &co);
+    if (fd < 0) return CLI_FAIL;
+    if (write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
+        cli_error(argv[0], "cannot send the request to cloudletd: %s", strerror(errno));
+        close(fd);
+        return CLI_FAIL;
+    }
+    view v;
+    memset(&v, 0, sizeof v);
+    cli_progress_init(&v.prog, "pull");
+    char *buf = malloc(LINE_MAX_BYTES + 1);
+    size_t len = 0;
+    int status = CLI_FAIL;
+    bool ended = false;
+    while (buf && !ended) {
+        struct pollfd p = {fd, POLLIN, 0};
+        int pr = poll(&p, 1, IDLE_TIMEOUT_MS);
+        if (pr == 0) {
+            cli_progress_end(&v.prog);
+            cli_error(argv[0], "cloudletd said nothing for %d s", IDLE_TIMEOUT_MS / 1000);
+            break;
+        }
+        if (pr < 0 && errno == EINTR) continue;
+        ssize_t r = pr < 0 ? -1 : read(fd, buf + len, LINE_MAX_BYTES - len);
+        if (r <= 0) {
+            cli_progress_end(&v.prog);
+            cli_error(argv[0], "cloudletd closed the connection before the pull ended");
+            break;
+        }
+        len += (size_t)r;
+        buf[len] = '\0';
+        char *nl;
+        while (!ended && (nl = memchr(buf, '\n', len)) != NULL) {
+            *nl = '\0';
+            const char *end = nl;
+            char msg[512];
+            if (!strncmp(buf, "{\"error\"", 8)) {
+                cli_progress_end(&v.prog);
+                if (co.json) printf("%s\n", buf);
+                cli_error(argv[0], "%s", field(buf, end, "error", msg, sizeof msg));
+                ended = true;
+            } else if (!strncmp(buf, "{\"done\"", 7)) {
+                cli_progress_end(&v.prog);
+                if (co.json)
+                    printf("%s\n", buf);
+                else
+                    final_report(buf, end);
+                status = CLI_OK;
+                ended = true;
+            } else {
+                show_progress(&v, buf, end);
+            }
+            size_t used = (size_t)(nl + 1 - buf);
+            memmove(buf, nl + 1, len - used);
+            len -= used;
+        }
+        if (len == LINE_MAX_BYTES) {
+            cli_error(argv[0], "cloudletd sent a line longer than %u bytes", LINE_MAX_BYTES);
+            break;
+        }
+    }
+    free(buf);
+    close(fd);
+    return status;
+}

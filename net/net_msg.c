@@ -1,0 +1,239 @@
+/*
+ * net_msg.c — the messages of the chunk exchange between nodes (docs/protocol.md, "Chunk
+ * exchange"): pure encoders and decoders, no sockets, no store.
+ *
+ * Design notes:
+ * - Every message is batched: 4 KiB is the unit of identity, never the unit of a message. A
+ *   HAVE carries up to NET_HAVE_MAX ids, a GET up to NET_GET_MAX, and a CHUNKS answer carries
+ *   its chunks' bytes as one zstd frame.
+ * - A decoder checks every length against the payload before it points into it, so a decoded
+ *   message is a set of views that never reach past the payload. A CHUNKS frame must declare
+ *   its content size, and that size must be exactly n * 4096, before a single byte is
+ *   decompressed: a peer cannot make this node inflate more than it asked for (at most
+ *   NET_GET_MAX chunks, 512 KiB).
+ * - The worst case of compressing NET_GET_MAX chunks (ZSTD_compressBound) plus the ids stays
+ *   under NET_PAYLOAD_MAX, so an encoder never has to split a batch.
+ */
+#include "net.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+#define MANIFEST_GET_BYTES (NET_ID_BYTES + 8u)
+#define MANIFEST_HEADER    (NET_ID_BYTES + 1u + 8u + 8u)
+#define IDS_HEADER         8u
+
+_Static_assert(MANIFEST_HEADER + NET_MANIFEST_PART_MAX == NET_PAYLOAD_MAX, "manifest part bound");
+_Static_assert(IDS_HEADER + (size_t)NET_HAVE_MAX * NET_ID_BYTES <= NET_PAYLOAD_MAX, "HAVE bound");
+_Static_assert(IDS_HEADER + (size_t)NET_GET_MAX * NET_ID_BYTES +
+                       ZSTD_COMPRESSBOUND((size_t)NET_GET_MAX * NET_CHUNK_BYTES) <=
+                   NET_PAYLOAD_MAX,
+               "a CHUNKS answer to a full GET fits one message");
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8),
+    p[3] = (uint8_t)v;
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    put32(p, (uint32_t)(v >> 32));
+    put32(p + 4, (uint32_t)v);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    return (uint64_t)get32(p) << 32 | get32(p + 4);
+}
+
+static uint32_t ids_max(uint8_t type)
+{
+    return type == NET_MSG_HAVE ? NET_HAVE_MAX : NET_GET_MAX;
+}
+
+static int decode_manifest(const uint8_t *p, size_t len, net_msg *m)
+{
+    if (len < MANIFEST_HEADER) return NET_EFORMAT;
+    memcpy(m->id, p, NET_ID_BYTES);
+    uint8_t found = p[NET_ID_BYTES];
+    m->total = get64(p + NET_ID_BYTES + 1);
+    m->offset = get64(p + NET_ID_BYTES + 9);
+    m->part = p + MANIFEST_HEADER;
+    m->part_len = len - MANIFEST_HEADER;
+    if (found > 1) return NET_EFORMAT;
+    m->found = found == 1;
+    if (!m->found) return m->total == 0 && m->offset == 0 && m->part_len == 0 ? 0 : NET_EFORMAT;
+    /* A part is never empty and never reaches past the manifest's end. */
+    if (m->total == 0 || m->total > NET_MANIFEST_TOTAL_MAX || m->part_len == 0 ||
+        m->offset >= m->total || m->part_len > m->total - m->offset)
+        return NET_EFORMAT;
+    return 0;
+}
+
+static int decode_ids(const uint8_t *p, size_t len, net_msg *m, bool chunks)
+{
+    if (len < IDS_HEADER) return NET_EFORMAT;
+    m->req = get32(p);
+    m->n = get32(p + 4);
+    if (m->n == 0 || m->n > ids_max(m->type)) return NET_EFORMAT;
+    size_t idlen = (size_t)m->n * NET_ID_BYTES;
+    if (len - IDS_HEADER < idlen) return NET_EFORMAT;
+    m->ids = p + IDS_HEADER;
+    if (!chunks) return len == IDS_HEADER + idlen ? 0 : NET_EFORMAT;
+    m->z = m->ids + idlen;
+    m->zlen = len - IDS_HEADER - idlen;
+    /* Exactly one frame, declaring exactly the content asked for, before any decompression. */
+    unsigned long long content = ZSTD_getFrameContentSize(m->z, m->zlen);
+    if (content != (unsigned long long)m->n * NET_CHUNK_BYTES) return NET_EFORMAT;
+    size_t fsize = ZSTD_findFrameCompressedSize(m->z, m->zlen);
+    if (ZSTD_isError(fsize) || fsize != m->zlen) return NET_EFORMAT;
+    return 0;
+}
+
+static int decode_bitmap(const uint8_t *p, size_t len, net_msg *m)
+{
+    if (len < IDS_HEADER) return NET_EFORMAT;
+    m->req = get32(p);
+    m->n = get32(p + 4);
+    if (m->n == 0 || m->n > NET_HAVE_MAX) return NET_EFORMAT;
+    size_t bytes = ((size_t)m->n + 7) / 8;
+    if (len != IDS_HEADER + bytes) return NET_EFORMAT;
+    m->bitmap = p + IDS_HEADER;
+    /* Bits past n are zero: one encoding per answer. */
+    if (m->n % 8 && (m->bitmap[bytes - 1] >> (m->n % 8))) return NET_EFORMAT;
+    return 0;
+}
+
+int net_msg_decode(uint8_t type, const uint8_t *payload, size_t len, net_msg *out)
+{
+    memset(out, 0, sizeof *out);
+    out->type = type;
+    if (len > NET_PAYLOAD_MAX) return NET_EFORMAT;
+    int rc;
+    switch (type) {
+    case NET_MSG_MANIFEST_GET:
+        if (len != MANIFEST_GET_BYTES) return NET_EFORMAT;
+        memcpy(out->id, payload, NET_ID_BYTES);
+        out->offset = get64(payload + NET_ID_BYTES);
+        rc = out->offset < NET_MANIFEST_TOTAL_MAX ? 0 : NET_EFORMAT;
+        break;
+    case NET_MSG_MANIFEST: rc = decode_manifest(payload, len, out); break;
+    case NET_MSG_HAVE:
+    case NET_MSG_GET:
+    case NET_MSG_DONT_HAVE: rc = decode_ids(payload, len, out, false); break;
+    case NET_MSG_CHUNKS: rc = decode_ids(payload, len, out, true); break;
+    case NET_MSG_HAVE_BITMAP: rc = decode_bitmap(payload, len, out); break;
+    default: return -EINVAL;
+    }
+    if (rc) {
+        memset(out, 0, sizeof *out);
+        out->type = type;
+    }
+    return rc;
+}
+
+int net_msg_chunks(const net_msg *m, void *out)
+{
+    if (m->type != NET_MSG_CHUNKS || m->n == 0 || m->n > NET_GET_MAX) return -EINVAL;
+    size_t want = (size_t)m->n * NET_CHUNK_BYTES;
+    size_t got = ZSTD_decompress(out, want, m->z, m->zlen);
+    return !ZSTD_isError(got) && got == want ? 0 : NET_EFORMAT;
+}
+
+static int alloc_out(size_t len, uint8_t **out, size_t *olen)
+{
+    *out = malloc(len ? len : 1);
+    if (!*out) return -ENOMEM;
+    *olen = len;
+    return 0;
+}
+
+int net_msg_encode_manifest_get(const uint8_t id[NET_ID_BYTES], uint64_t offset, uint8_t **out,
+                                size_t *len)
+{
+    if (offset >= NET_MANIFEST_TOTAL_MAX) return -EINVAL;
+    int rc = alloc_out(MANIFEST_GET_BYTES, out, len);
+    if (rc) return rc;
+    memcpy(*out, id, NET_ID_BYTES);
+    put64(*out + NET_ID_BYTES, offset);
+    return 0;
+}
+
+int net_msg_encode_manifest(const uint8_t id[NET_ID_BYTES], bool found, uint64_t total,
+                            uint64_t offset, const uint8_t *part, size_t part_len, uint8_t **out,
+                            size_t *len)
+{
+    if (!found)
+        total = offset = 0, part_len = 0;
+    else if (total == 0 || total > NET_MANIFEST_TOTAL_MAX || part_len == 0 ||
+             part_len > NET_MANIFEST_PART_MAX || offset >= total || part_len > total - offset)
+        return -EINVAL;
+    int rc = alloc_out(MANIFEST_HEADER + part_len, out, len);
+    if (rc) return rc;
+    memcpy(*out, id, NET_ID_BYTES);
+    (*out)[NET_ID_BYTES] = found ? 1 : 0;
+    put64(*out + NET_ID_BYTES + 1, total);
+    put64(*out + NET_ID_BYTES + 9, offset);
+    if (part_len) memcpy(*out + MANIFEST_HEADER, part, part_len);
+    return 0;
+}
+
+int net_msg_encode_ids(uint8_t type, uint32_t req, const uint8_t *ids, uint32_t n, uint8_t **out,
+                       size_t *len)
+{
+    if ((type != NET_MSG_HAVE && type != NET_MSG_GET && type != NET_MSG_DONT_HAVE) || n == 0 ||
+        n > ids_max(type))
+        return -EINVAL;
+    size_t idlen = (size_t)n * NET_ID_BYTES;
+    int rc = alloc_out(IDS_HEADER + idlen, out, len);
+    if (rc) return rc;
+    put32(*out, req);
+    put32(*out + 4, n);
+    memcpy(*out + IDS_HEADER, ids, idlen);
+    return 0;
+}
+
+int net_msg_encode_bitmap(uint32_t req, uint32_t nbits, const uint8_t *bitmap, uint8_t **out,
+                          size_t *len)
+{
+    if (nbits == 0 || nbits > NET_HAVE_MAX) return -EINVAL;
+    size_t bytes = ((size_t)nbits + 7) / 8;
+    int rc = alloc_out(IDS_HEADER + bytes, out, len);
+    if (rc) return rc;
+    put32(*out, req);
+    put32(*out + 4, nbits);
+    memcpy(*out + IDS_HEADER, bitmap, bytes);
+    if (nbits % 8) (*out)[IDS_HEADER + bytes - 1] &= (uint8_t)((1u << (nbits % 8)) - 1);
+    return 0;
+}
+
+int net_msg_encode_chunks(uint32_t req, const uint8_t *ids, uint32_t n, const void *chunks,
+                          int level, uint8_t **out, size_t *len)
+{
+    if (n == 0 || n > NET_GET_MAX) return -EINVAL;
+    size_t idlen = (size_t)n * NET_ID_BYTES, raw = (size_t)n * NET_CHUNK_BYTES;
+    size_t cap = IDS_HEADER + idlen + ZSTD_compressBound(raw);
+    uint8_t *buf = malloc(cap);
+    if (!buf) return -ENOMEM;
+    put32(buf, req);
+    put32(buf + 4, n);
+    memcpy(buf + IDS_HEADER, ids, idlen);
+    /* ZSTD_compress writes the content size into the frame header: the receiver checks it. */
+    size_t z =
+        ZSTD_compress(buf + IDS_HEADER + idlen, cap - IDS_HEADER - idlen, chunks, raw, level);
+    if (ZSTD_isError(z)) {
+        free(buf);
+        return NET_EFORMAT;
+    }
+    *out = buf;
+    *len = IDS_HEADER + idlen + z;
+    return 0;
+}

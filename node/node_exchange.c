@@ -1,0 +1,1788 @@
+/*
+ * node_exchange.c — the chunk exchange between nodes (docs/protocol.md §9, docs/fetch.md): the
+ * daemon serves manifests and chunks to its peers, and pulls a manifest with every chunk it
+ * lacks from them.
+ *
+ * Design notes:
+ * - One endpoint per daemon, listening on the configuration's listen address. Any established
+ *   connection may carry requests both ways, but only the peer role may ask for manifests or
+ *   chunks: a client asking is cut off (NET_EROLE).
+ * - Serving: a request is decoded on the loop (a pure, bounded check), then answered on the
+ *   worker pool (cs_has, cs_get, cs_manifest_get_raw, zstd), at most SERVE_WORKERS at a time per
+ *   connection, with at most SERVE_QUEUE_MAX waiting; a peer that queues more is cut off. While
+ *   answers wait for the send queue to drain, no new work starts for that connection: a slow
+ *   peer holds memory bounded by the send queue plus SERVE_WORKERS answers, and no read
+ *   transaction waits on it.
+ * - Pulling: a pull connects to every candidate peer, fetches the manifest (and its parents)
+ *   from the first that has it, checks each against its id and stores it unpinned, computes the
+ *   missing set, asks every source which of it they hold (HAVE batches answered with bitmaps),
+ *   then drives the fetch planner from the loop: GET batches within max_inflight_per_peer and
+ *   the token buckets of rate_total and rate_per_peer; arriving batches are decompressed,
+ *   verified chunk by chunk and stored with cs_put(expect) on the worker pool, and only then
+ *   reported to the planner, so bytes being verified still count as in flight. The pull holds
+ *   cs_ingest_begin from start to end, so gc cannot take the unpinned manifest or its chunks;
+ *   the manifest is pinned once every chunk is held.
+ * - A pull belongs to the control client that asked for it: when that client goes away the
+ *   pull stops (what was stored stays; pulling again fetches only the rest).
+ * - Lifetimes: a connection's state (xconn) outlives its net_conn until its work on the pool
+ *   has come back; a pull outlives its connections and its work the same way.
+ */
+#define _GNU_SOURCE
+#include "node_daemon.h"
+#include "node_internal.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GET_BATCH       32   /* chunks per GET: answers of about 128 KiB (docs/protocol.md §8) */
+#define SERVE_WORKERS   4    /* requests of one connection on the worker pool at once */
+#define SERVE_QUEUE_MAX 1024 /* requests waiting per connection; past it the peer is cut off */
+#define SEND_ROOM       (1u << 20) /* GETs are issued only while less than this is queued */
+#define REQ_TIMEOUT_MS  15000      /* a chunk asked for and not answered goes back to the pool */
+#define TICK_MS         20
+#define REPORT_MS       250
+#define CONNECT_WAIT_MS 6000
+#define HAVE_WAIT_MS    15000
+#define ANSWER_LEVEL    1  /* zstd level of CHUNKS answers: fast, LAN speeds */
+#define MAX_PARENTS     16 /* a manifest's chain of parents fetched at most this deep */
+
+typedef struct node__pull node__pull;
+typedef struct xconn xconn;
+typedef struct xsource xsource;
+
+/* A request being served, or waiting to be. */
+typedef struct sreq {
+    struct sreq *next;
+    xconn *xc;
+    uv_work_t work;
+    uint8_t type;
+    uint8_t *in;
+    size_t in_len;
+    uint8_t *out[2]; /* up to two answers (CHUNKS and DONT_HAVE) */
+    size_t out_len[2];
+    uint8_t out_type[2];
+} sreq;
+
+/* An answer waiting for the send queue. */
+typedef struct outmsg {
+    struct outmsg *next;
+    uint8_t type;
+    uint8_t *buf;
+    size_t len;
+} outmsg;
+
+struct xconn {
+    node__exchange *x;
+    xconn *next;
+    net_conn *c; /* NULL once closed */
+    sreq *q_head, *q_tail;
+    unsigned queued, working;
+    outmsg *out_head, *out_tail;
+    xsource *src; /* the pull source this outgoing connection serves, if any */
+};
+
+struct node__exchange {
+    node_daemon *d;
+    net_endpoint *ep;
+    net_keypair kp;
+    net_keys keys;
+    bool stopping, listening;
+    xconn *conns;
+    node__pull *pulls;
+};
+
+/* ---- pulls: state ---------------------------------------------------------------------------- */
+
+enum { P_CONNECT, P_MANIFEST, P_PLAN, P_HAVE, P_FETCH, P_FINISH, P_DONE };
+static const char *phase_name[] = {"connect", "manifest", "plan", "have",
+                                   "fetch",   "finish",   "done"};
+
+/* A GET in flight. */
+typedef struct xget {
+    struct xget *next;
+    uint32_t req;
+    uint32_t n, left;
+    uint32_t idx[GET_BATCH];
+    bool answered[GET_BATCH];
+    uint64_t sent_ms;
+} xget;
+
+struct xsource {
+    node__pull *p;
+    unsigned idx;
+    uint8_t pk[NET_KEY_BYTES];
+    char ip[64];
+    int port;
+    xconn *xc; /* NULL until connected and once gone */
+    bool up, gone, in_have, in_plan;
+    int status; /* why it went away */
+    uint8_t *holdings;
+    uint32_t have_next, have_left; /* the next id to ask about; HAVE answers outstanding */
+    bool have_done;
+    xget *gets;
+    double tokens;
+    uint64_t bytes, chunks, not_held, wire_bytes;
+    uint64_t failures;   /* chunks and manifests that did not match their id */
+    uint64_t bad_chunks; /* of those, chunks (the planner counts them with the timeouts) */
+};
+
+/* A batch of chunks being verified and stored on the worker pool. */
+typedef struct vjob {
+    uv_work_t work;
+    node__pull *p;
+    unsigned src;
+    uint32_t n;
+    uint32_t idx[GET_BATCH];
+    bool ok[GET_BATCH];
+    cs_id ids[GET_BATCH];
+    uint8_t *payload;
+    size_t len;
+    int rc;
+} vjob;
+
+struct node__pull {
+    node__exchange *x;
+    node__pull *next;
+    cs_id id;
+    char peer_filter[300];
+    node__pull_report_fn report;
+    void *arg;
+    int phase;
+    bool failed, cancelled, ingest;
+    char err[NODE_ERRMSG];
+    xsource *src;
+    unsigned nsrc;
+    unsigned works; /* requests on the worker pool */
+    uv_timer_t timer;
+    bool timer_open;
+    uint64_t started_ms, phase_ms, last_report_ms, last_expire_ms;
+    /* the manifest being fetched: its id, bytes, and the chain of children waiting for it */
+    cs_id want;
+    unsigned msrc; /* the source asked */
+    uint8_t *mbuf;
+    uint64_t mtotal, mhave;
+    uint8_t *chain[MAX_PARENTS + 1];
+    size_t chain_len[MAX_PARENTS + 1];
+    unsigned nchain;
+    bool pinned_before;
+    /* the missing set */
+    cs_id *missing;
+    uint32_t n;
+    uint64_t unique_chunks, held_before;
+    node_plan *plan;
+    uint32_t next_req;
+    unsigned rr; /* the source ties start from */
+    unsigned verifying;
+    double tokens_total;
+    uint64_t last_refill_ms;
+    uint64_t bytes_done, chunks_done;
+};
+
+static void pull_fail(node__pull *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void pull_pump(node__pull *p);
+static void pull_source_gone(xsource *s, int status);
+static void pull_on_answer(xsource *s, uint8_t type, const uint8_t *payload, size_t len);
+static void pull_connected(xsource *s);
+static void pull_maybe_free(node__pull *p);
+static void pull_plan(node__pull *p);
+static void manifest_check(node__pull *p);
+
+static const char *short_hex(const uint8_t *k, char out[13])
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 6; i++) out[2 * i] = hex[k[i] >> 4], out[2 * i + 1] = hex[k[i] & 15];
+    out[12] = '\0';
+    return out;
+}
+
+/* ---- connections ----------------------------------------------------------------------------- */
+
+static void xconn_maybe_free(xconn *xc)
+{
+    if (xc->c || xc->working) return;
+    node__exchange *x = xc->x;
+    for (xconn **pp = &x->conns; *pp; pp = &(*pp)->next)
+        if (*pp == xc) {
+            *pp = xc->next;
+            break;
+        }
+    for (sreq *r = xc->q_head, *nx; r; r = nx) nx = r->next, free(r->in), free(r);
+    for (outmsg *o = xc->out_head, *nx; o; o = nx) nx = o->next, free(o->buf), free(o);
+    free(xc);
+}
+
+static void serve_pump(xconn *xc);
+
+/* Sends or, when the send queue is full, keeps the answer until on_drain. Takes buf. */
+static void xconn_send(xconn *xc, uint8_t type, uint8_t *buf, size_t len)
+{
+    if (!xc->c) {
+        free(buf);
+        return;
+    }
+    if (!xc->out_head) {
+        int rc = net_conn_send(xc->c, type, buf, len);
+        if (rc != NET_EAGAIN) {
+            free(buf); /* sent, or the connection is closing (on_close follows) */
+            return;
+        }
+    }
+    outmsg *o = malloc(sizeof *o);
+    if (!o) {
+        free(buf);
+        net_conn_abort(xc->c, -ENOMEM);
+        return;
+    }
+    *o = (outmsg){NULL, type, buf, len};
+    if (xc->out_tail)
+        xc->out_tail->next = o;
+    else
+        xc->out_head = o;
+    xc->out_tail = o;
+}
+
+static void on_drain(net_conn *c)
+{
+    xconn *xc = net_conn_data(c);
+    while (xc->out_head && xc->c) {
+        outmsg *o = xc->out_head;
+        int rc = net_conn_send(xc->c, o->type, o->buf, o->len);
+        if (rc == NET_EAGAIN) return;
+        xc->out_head = o->next;
+        if (!xc->out_head) xc->out_tail = NULL;
+        free(o->buf);
+        free(o);
+    }
+    serve_pump(xc);
+    if (xc->src) pull_pump(xc->src->p);
+}
+
+/* ---- serving --------------------------------------------------------------------------------- */
+
+static void answer_manifest(node__exchange *x, sreq *r, const net_msg *m)
+{
+    cs_id id;
+    memcpy(id.b, m->id, CS_ID_BYTES);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = cs_manifest_get_raw(x->d->st, &id, &buf, &len);
+    bool found = rc == 0 && len > 0 && len <= NET_MANIFEST_TOTAL_MAX && m->offset < len;
+    size_t part = 0;
+    if (found) {
+        part = len - m->offset;
+        if (part > NET_MANIFEST_PART_MAX) part = NET_MANIFEST_PART_MAX;
+    }
+    if (net_msg_encode_manifest(m->id, found, len, m->offset, found ? buf + m->offset : NULL, part,
+                                &r->out[0], &r->out_len[0]) == 0)
+        r->out_type[0] = NET_MSG_MANIFEST;
+    free(buf);
+}
+
+static void answer_have(node__exchange *x, sreq *r, const net_msg *m)
+{
+    uint8_t *bits = calloc(((size_t)m->n + 7) / 8, 1);
+    cs_id *ids = malloc((size_t)m->n * sizeof *ids);
+    if (bits && ids) {
+        memcpy(ids, m->ids, (size_t)m->n * CS_ID_BYTES);
+        if (cs_has(x->d->st, ids, m->n, bits) < 0) memset(bits, 0, ((size_t)m->n + 7) / 8);
+        if (net_msg_encode_bitmap(m->req, m->n, bits, &r->out[0], &r->out_len[0]) == 0)
+            r->out_type[0] = NET_MSG_HAVE_BITMAP;
+    }
+    free(bits);
+    free(ids);
+}
+
+/* Held chunks go in CHUNKS, the rest (absent, or damaged here) in DONT_HAVE. */
+static void answer_get(node__exchange *x, sreq *r, const net_msg *m)
+{
+    cs_id ids[NET_GET_MAX], good[NET_GET_MAX], lack[NET_GET_MAX];
+    uint32_t ngood = 0, nlack = 0;
+    uint8_t bits[NET_GET_MAX / 8] = {0};
+    memcpy(ids, m->ids, (size_t)m->n * CS_ID_BYTES);
+    if (cs_has(x->d->st, ids, m->n, bits) < 0) memset(bits, 0, sizeof bits);
+    for (uint32_t i = 0; i < m->n; i++) {
+        if (bits[i / 8] & (1u << (i % 8)))
+            good[ngood++] = ids[i];
+        else
+            lack[nlack++] = ids[i];
+    }
+    uint8_t *data = malloc((size_t)NET_GET_MAX * CS_CHUNK_SIZE);
+    if (!data) return;
+    while (ngood > 0) {
+        size_t bad = 0;
+        int rc = cs_get(x->d->st, good, ngood, data, &bad);
+        if (rc == 0) break;
+        if ((rc != CS_ECORRUPT && rc != CS_ENOTFOUND) || bad >= ngood) {
+            for (uint32_t i = 0; i < ngood; i++) lack[nlack++] = good[i];
+            ngood = 0;
+            break;
+        }
+        if (rc == CS_ECORRUPT) {
+            char hex[CS_ID_HEX + 1];
+            node_log(NODE_LOG_WARN,
+                     "chunk %s is damaged in this store: not sent (run `cloudlet "
+                     "store verify`)",
+                     cs_id_to_hex(&good[bad], hex));
+        }
+        lack[nlack++] = good[bad];
+        good[bad] = good[--ngood];
+    }
+    int k = 0;
+    if (ngood && net_msg_encode_chunks(m->req, (const uint8_t *)good, ngood, data, ANSWER_LEVEL,
+                                       &r->out[k], &r->out_len[k]) == 0)
+        r->out_type[k++] = NET_MSG_CHUNKS;
+    if (nlack && net_msg_encode_ids(NET_MSG_DONT_HAVE, m->req, (const uint8_t *)lack, nlack,
+                                    &r->out[k], &r->out_len[k]) == 0)
+        r->out_type[k++] = NET_MSG_DONT_HAVE;
+    free(data);
+}
+
+static void serve_work(uv_work_t *w)
+{
+    sreq *r = w->data;
+    net_msg m;
+    if (net_msg_decode(r->type, r->in, r->in_len, &m) != 0) return; /* checked on arrival */
+    if (r->type == NET_MSG_MANIFEST_GET)
+        answer_manifest(r->xc->x, r, &m);
+    else if (r->type == NET_MSG_HAVE)
+        answer_have(r->xc->x, r, &m);
+    else
+        answer_get(r->xc->x, r, &m);
+}
+
+static void serve_done(uv_work_t *w, int status)
+{
+    sreq *r = w->data;
+    xconn *xc = r->xc;
+    xc->working--;
+    for (int i = 0; i < 2; i++)
+        if (r->out[i]) xconn_send(xc, r->out_type[i], r->out[i], r->out_len[i]);
+    free(r->in);
+    free(r);
+    (void)status;
+    if (!xc->c) {
+        xconn_maybe_free(xc);
+        return;
+    }
+    serve_pump(xc);
+}
+
+static void serve_pump(xconn *xc)
+{
+    while (xc->c && !xc->out_head && xc->working < SERVE_WORKERS && xc->q_head) {
+        sreq *r = xc->q_head;
+        xc->q_head = r->next;
+        if (!xc->q_head) xc->q_tail = NULL;
+        xc->queued--;
+        r->next = NULL;
+        r->work.data = r;
+        if (uv_queue_work(&xc->x->d->loop, &r->work, serve_work, serve_done) != 0) {
+            free(r->in);
+            free(r);
+            continue;
+        }
+        xc->working++;
+    }
+}
+
+static void serve_request(xconn *xc, uint8_t type, const uint8_t *payload, size_t len)
+{
+    if (net_conn_role(xc->c) != NET_ROLE_PEER) {
+        char k[13];
+        node_log(NODE_LOG_INFO, "an app (%s) asked for chunks or manifests: cut off",
+                 short_hex(net_conn_peer_key(xc->c), k));
+        net_conn_abort(xc->c, NET_EROLE); /* apps may not pull chunks (DESIGN.md §5) */
+        return;
+    }
+    net_msg m;
+    if (net_msg_decode(type, payload, len, &m) != 0) {
+        net_conn_abort(xc->c, NET_EFORMAT);
+        return;
+    }
+    if (xc->queued >= SERVE_QUEUE_MAX) {
+        net_conn_abort(xc->c, NET_ELIMIT);
+        return;
+    }
+    sreq *r = calloc(1, sizeof *r);
+    uint8_t *in = malloc(len ? len : 1);
+    if (!r || !in) {
+        free(r);
+        free(in);
+        net_conn_abort(xc->c, -ENOMEM);
+        return;
+    }
+    memcpy(in, payload, len);
+    r->xc = xc, r->type = type, r->in = in, r->in_len = len;
+    if (xc->q_tail)
+        xc->q_tail->next = r;
+    else
+        xc->q_head = r;
+    xc->q_tail = r;
+    xc->queued++;
+    serve_pump(xc);
+}
+
+static void on_message(net_conn *c, uint8_t type, const uint8_t *payload, size_t len)
+{
+    xconn *xc = net_conn_data(c);
+    switch (type) {
+    case NET_MSG_MANIFEST_GET:
+    case NET_MSG_HAVE:
+    case NET_MSG_GET: serve_request(xc, type, payload, len); break;
+    case NET_MSG_MANIFEST:
+    case NET_MSG_HAVE_BITMAP:
+    case NET_MSG_CHUNKS:
+    case NET_MSG_DONT_HAVE:
+        if (xc->src)
+            pull_on_answer(xc->src, type, payload, len);
+        else
+            net_conn_abort(c, NET_EFORMAT); /* an answer to nothing this node asked */
+        break;
+    default: break; /* later versions may add messages */
+    }
+}
+
+static void on_established(net_conn *c)
+{
+    xconn *xc = net_conn_data(c);
+    if (xc->src) pull_connected(xc->src);
+}
+
+static void on_close(net_conn *c, int status)
+{
+    xconn *xc = net_conn_data(c);
+    xc->c = NULL;
+    xsource *s = xc->src;
+    if (s) {
+        xc->src = NULL;
+        s->xc = NULL;
+        pull_source_gone(s, status);
+    }
+    xconn_maybe_free(xc);
+}
+
+static const net_conn_cbs conn_cbs = {on_established, on_message, on_drain, on_close};
+
+static xconn *xconn_new(node__exchange *x)
+{
+    xconn *xc = calloc(1, sizeof *xc);
+    if (!xc) return NULL;
+    xc->x = x;
+    xc->next = x->conns;
+    x->conns = xc;
+    return xc;
+}
+
+static void on_accept(net_endpoint *ep, net_conn *c)
+{
+    node__exchange *x = net_endpoint_data(ep);
+    xconn *xc = x->stopping ? NULL : xconn_new(x);
+    if (!xc) {
+        net_conn_abort(c, NET_EREJECTED);
+        return;
+    }
+    xc->c = c;
+    net_conn_set_cbs(c, &conn_cbs, xc);
+}
+
+/* ---- the daemon's side ----------------------------------------------------------------------- */
+
+int node__exchange_start(node_daemon *d, char err[NODE_ERRMSG])
+{
+    if (!d->keys.has_fleet) return 0; /* alone: no peers to serve or pull from */
+    node__exchange *x = calloc(1, sizeof *x);
+    if (!x) return -ENOMEM;
+    d->xchg = x;
+    x->d = d;
+    int rc = net_keypair_from_secret(&x->kp, d->keys.node_sk);
+    if (rc) {
+        node__errf(err, "the node key cannot be used: %s", net_strerror(rc));
+        return rc;
+    }
+    net_fleet_keys(&x->keys, d->keys.fleet);
+    if ((rc = net_endpoint_new(&d->loop, &x->kp, &x->keys, NULL, &x->ep))) {
+        node__errf(err, "peer endpoint: %s", net_strerror(rc));
+        return rc;
+    }
+    net_endpoint_set_data(x->ep, x);
+    rc = net_endpoint_listen(x->ep, d->cfg.listen.host, d->cfg.listen.port, on_accept);
+    if (rc) {
+        /* The node still pulls (outgoing connections) and answers its control socket. */
+        node_log(NODE_LOG_WARN, "cannot listen for peers on %s:%u: %s (serving no chunks)",
+                 d->cfg.listen.host, d->cfg.listen.port, net_strerror(rc));
+        return 0;
+    }
+    x->listening = true;
+    d->cfg.listen.port = (uint16_t)net_endpoint_port(x->ep); /* port 0: the one bound */
+    node_log(NODE_LOG_INFO, "serving chunks to peers on %s:%u", d->cfg.listen.host,
+             d->cfg.listen.port);
+    return 0;
+}
+
+static void pull_stop(node__pull *p, const char *why);
+
+void node__exchange_stop(node_daemon *d)
+{
+    node__exchange *x = d->xchg;
+    if (!x || x->stopping) return;
+    x->stopping = true;
+    for (node__pull *p = x->pulls; p; p = p->next) pull_stop(p, "the daemon is shutting down");
+    if (x->ep) net_endpoint_close(x->ep, NULL);
+    x->ep = NULL;
+}
+
+void node__exchange_free(node_daemon *d)
+{
+    node__exchange *x = d->xchg;
+    if (!x) return;
+    /* The loop has ended: every connection closed and every work came back. */
+    while (x->conns) {
+        xconn *xc = x->conns;
+        xc->c = NULL;
+        xc->working = 0;
+        xconn_maybe_free(xc);
+    }
+    net_keys_wipe(&x->keys);
+    sodium_memzero(&x->kp, sizeof x->kp);
+    free(x);
+    d->xchg = NULL;
+}
+
+bool node__exchange_listening(node_daemon *d)
+{
+    return d->xchg && d->xchg->listening;
+}
+
+/* ---- pulls: reports -------------------------------------------------------------------------- */
+
+static void json_sources(FILE *f, node__pull *p)
+{
+    fputs("\"sources\": [", f);
+    for (unsigned i = 0; i < p->nsrc; i++) {
+        xsource *s = &p->src[i];
+        char hex[2 * NET_KEY_BYTES + 1], addr[100];
+        sodium_bin2hex(hex, sizeof hex, s->pk, NET_KEY_BYTES);
+        snprintf(addr, sizeof addr, "%s:%d", s->ip, s->port);
+        uint64_t inflight = p->plan && s->in_plan ? node_plan_peer_inflight(p->plan, i) : 0;
+        uint64_t timeouts =
+            p->plan && s->in_plan ? node_plan_peer_failures(p->plan, i) - s->bad_chunks : 0;
+        fprintf(f, "%s{\"key\": \"%s\", \"address\": ", i ? ", " : "", hex);
+        node__json_str(f, addr);
+        fprintf(f,
+                ", \"state\": \"%s\", \"chunks\": %llu, \"bytes\": %llu, \"wire_bytes\": %llu, "
+                "\"failures\": %llu, \"timeouts\": %llu, \"not_held\": %llu, "
+                "\"inflight\": %llu}",
+                s->gone ? "gone"
+                : s->up ? "up"
+                        : "connecting",
+                (unsigned long long)s->chunks, (unsigned long long)s->bytes,
+                (unsigned long long)s->wire_bytes, (unsigned long long)s->failures,
+                (unsigned long long)timeouts, (unsigned long long)s->not_held,
+                (unsigned long long)inflight);
+    }
+    fputc(']', f);
+}
+
+static void report(node__pull *p, bool last)
+{
+    if (!p->report) return;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return;
+    char hex[CS_ID_HEX + 1];
+    uint64_t now = uv_now(&p->x->d->loop), ms = now - p->started_ms;
+    if (last && p->failed) {
+        fputs("{\"error\": ", f);
+        node__json_str(f, p->err);
+        fprintf(f, ", \"id\": \"%s\", \"ms\": %llu, \"chunks_fetched\": %llu, \"bytes\": %llu, ",
+                cs_id_to_hex(&p->id, hex), (unsigned long long)ms,
+                (unsigned long long)p->chunks_done, (unsigned long long)p->bytes_done);
+    } else {
+        fprintf(f, "{\"%s\": \"%s\", \"id\": \"%s\", ", last ? "done" : "phase",
+                last ? "pulled" : phase_name[p->phase], cs_id_to_hex(&p->id, hex));
+        fprintf(f,
+                "\"ms\": %llu, \"unique_chunks\": %llu, \"held_before\": %llu, \"missing\": %u, "
+                "\"chunks_fetched\": %llu, \"bytes\": %llu, \"total_bytes\": %llu, ",
+                (unsigned long long)ms, (unsigned long long)p->unique_chunks,
+                (unsigned long long)p->held_before, p->n, (unsigned long long)p->chunks_done,
+                (unsigned long long)p->bytes_done,
+                (unsigned long long)((uint64_t)p->n * CS_CHUNK_SIZE));
+    }
+    uint64_t failures = 0;
+    for (unsigned i = 0; i < p->nsrc; i++) {
+        failures += p->src[i].failures;
+        if (p->plan && p->src[i].in_plan)
+            failures += node_plan_peer_failures(p->plan, i) - p->src[i].bad_chunks;
+    }
+    fprintf(f, "\"failures\": %llu, ", (unsigned long long)failures);
+    json_sources(f, p);
+    fputs("}\n", f);
+    if (fclose(f) == 0) p->report(buf, last, p->arg);
+    free(buf);
+    p->last_report_ms = now;
+}
+
+/* ---- pulls: life ----------------------------------------------------------------------------- */
+
+static void timer_closed(uv_handle_t *h)
+{
+    node__pull *p = h->data;
+    p->timer_open = false;
+    pull_maybe_free(p);
+}
+
+static void pull_maybe_free(node__pull *p)
+{
+    if (p->phase != P_DONE || p->works || p->timer_open) return;
+    for (unsigned i = 0; i < p->nsrc; i++)
+        if (p->src[i].xc) return;
+    node__exchange *x = p->x;
+    for (node__pull **pp = &x->pulls; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    for (unsigned i = 0; i < p->nsrc; i++) {
+        free(p->src[i].holdings);
+        for (xget *g = p->src[i].gets, *nx; g; g = nx) nx = g->next, free(g);
+    }
+    for (unsigned i = 0; i < p->nchain; i++) free(p->chain[i]);
+    free(p->src);
+    free(p->mbuf);
+    free(p->missing);
+    node_plan_free(p->plan);
+    free(p);
+}
+
+/* The end, success or not: close the sources, release the ingest lock (on the pool), report. */
+static void end_work(uv_work_t *w)
+{
+    node__pull *p = w->data;
+    cs_ingest_end(p->x->d->st);
+}
+
+static void end_done(uv_work_t *w, int status)
+{
+    node__pull *p = w->data;
+    free(w);
+    p->works--;
+    pull_maybe_free(p);
+}
+
+static void release_ingest(node__pull *p)
+{
+    if (p->ingest) {
+        p->ingest = false;
+        uv_work_t *w = calloc(1, sizeof *w);
+        if (w) w->data = p;
+        if (w && uv_queue_work(&p->x->d->loop, w, end_work, end_done) == 0)
+            p->works++;
+        else {
+            free(w);
+            cs_ingest_end(p->x->d->st);
+        }
+    }
+}
+
+static void pull_end(node__pull *p)
+{
+    if (p->phase == P_DONE) return;
+    p->phase = P_DONE;
+    report(p, true);
+    p->report = NULL;
+    for (unsigned i = 0; i < p->nsrc; i++)
+        if (p->src[i].xc && p->src[i].xc->c) net_conn_close(p->src[i].xc->c);
+    if (p->timer_open && !uv_is_closing((uv_handle_t *)&p->timer))
+        uv_close((uv_handle_t *)&p->timer, timer_closed);
+    release_ingest(p);
+    pull_maybe_free(p);
+}
+
+static void pull_fail(node__pull *p, const char *fmt, ...)
+{
+    if (p->phase == P_DONE) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err, sizeof p->err, fmt, ap);
+    va_end(ap);
+    p->failed = true;
+    char hex[CS_ID_HEX + 1];
+    node_log(NODE_LOG_WARN, "pull %.12s: %s", cs_id_to_hex(&p->id, hex), p->err);
+    pull_end(p);
+}
+
+static void pull_stop(node__pull *p, const char *why)
+{
+    pull_fail(p, "%s", why);
+}
+
+void node__pull_detach(node_daemon *d, void *arg)
+{
+    if (!d->xchg) return;
+    node__pull *p = d->xchg->pulls;
+    while (p && !(p->arg == arg && p->report)) p = p->next;
+    if (!p) return;
+    p->report = NULL;
+    p->cancelled = true;
+    pull_fail(p, "cancelled: the requester went away"); /* may free p */
+}
+
+static void set_phase(node__pull *p, int phase)
+{
+    p->phase = phase;
+    p->phase_ms = uv_now(&p->x->d->loop);
+    report(p, false);
+}
+
+/* ---- pulls: the manifest --------------------------------------------------------------------- */
+
+typedef struct mjob {
+    uv_work_t work;
+    node__pull *p;
+    int rc;
+    bool need_parent;
+    cs_id parent;
+    char why[NODE_ERRMSG];
+} mjob;
+
+static void ask_manifest(node__pull *p);
+
+/* Checks the bytes against the id asked for; stores the manifest unless its parent is missing,
+ * then the children waiting for it. */
+static void manifest_work(uv_work_t *w)
+{
+    mjob *j = w->data;
+    node__pull *p = j->p;
+    cs_store *st = p->x->d->st;
+    cs_id got;
+    cs_manifest_id(p->mbuf, p->mtotal, &got);
+    if (!cs_id_equal(&got, &p->want)) {
+        j->rc = CS_ECORRUPT;
+        return;
+    }
+    cs_manifest *m = NULL;
+    j->rc = cs_manifest_decode(p->mbuf, p->mtotal, &m);
+    if (j->rc) return;
+    bool has_parent = m->has_parent;
+    cs_id parent = m->parent;
+    cs_manifest_free(m);
+    if (has_parent) {
+        uint8_t *pb = NULL;
+        size_t pl = 0;
+        int rc = cs_manifest_get_raw(st, &parent, &pb, &pl);
+        free(pb);
+        if (rc == CS_ENOTFOUND) {
+            j->need_parent = true;
+            j->parent = parent;
+            return;
+        }
+        if (rc) {
+            j->rc = rc;
+            return;
+        }
+    }
+    if ((j->rc = cs_manifest_put(st, p->mbuf, p->mtotal, false, NULL))) return;
+    for (unsigned i = p->nchain; i-- > 0;)
+        if ((j->rc = cs_manifest_put(st, p->chain[i], p->chain_len[i], false, NULL))) return;
+}
+
+static void manifest_done(uv_work_t *w, int status)
+{
+    mjob *j = w->data;
+    node__pull *p = j->p;
+    p->works--;
+    int rc = status ? status : j->rc;
+    bool need_parent = j->need_parent;
+    cs_id parent = j->parent;
+    free(j);
+    if (p->phase != P_MANIFEST) {
+        pull_maybe_free(p);
+        return;
+    }
+    char hex[CS_ID_HEX + 1];
+    if (rc == CS_ECORRUPT || rc == CS_EFORMAT || rc == CS_EVERSION) {
+        xsource *s = &p->src[p->msrc];
+        s->failures++;
+        node_log(NODE_LOG_WARN, "manifest %.12s from %s:%d: %s; asking another peer",
+                 cs_id_to_hex(&p->want, hex), s->ip, s->port,
+                 rc == CS_ECORRUPT ? "its bytes do not match its id" : cs_strerror(rc));
+        free(p->mbuf);
+        p->mbuf = NULL;
+        p->msrc++;
+        ask_manifest(p);
+        return;
+    }
+    if (rc) {
+        pull_fail(p, "cannot store manifest %s: %s", cs_id_to_hex(&p->want, hex),
+                  node_strerror(rc));
+        return;
+    }
+    if (need_parent) {
+        if (p->nchain == MAX_PARENTS) {
+            pull_fail(p, "manifest %s has more than %d ancestors missing here",
+                      cs_id_to_hex(&p->id, hex), MAX_PARENTS);
+            return;
+        }
+        p->chain[p->nchain] = p->mbuf;
+        p->chain_len[p->nchain++] = p->mtotal;
+        p->mbuf = NULL;
+        p->want = parent;
+        p->msrc = 0;
+        ask_manifest(p);
+        return;
+    }
+    pull_plan(p);
+}
+
+static void ask_manifest(node__pull *p)
+{
+    char hex[CS_ID_HEX + 1];
+    for (; p->msrc < p->nsrc; p->msrc++) {
+        xsource *s = &p->src[p->msrc];
+        if (!s->up || !s->xc || !s->xc->c) continue;
+        uint8_t *buf;
+        size_t len;
+        p->mhave = p->mtotal = 0;
+        if (net_msg_encode_manifest_get(p->want.b, 0, &buf, &len) != 0) break;
+        int rc = net_conn_send(s->xc->c, NET_MSG_MANIFEST_GET, buf, len);
+        free(buf);
+        if (rc == 0) return;
+    }
+    if (cs_id_equal(&p->want, &p->id))
+        pull_fail(p, "no peer holds manifest %s (%u asked)", cs_id_to_hex(&p->want, hex), p->nsrc);
+    else
+        pull_fail(p, "no peer holds manifest %s, the parent of %s", cs_id_to_hex(&p->want, hex),
+                  cs_id_to_hex(&p->id, hex));
+}
+
+static void on_manifest(xsource *s, const net_msg *m)
+{
+    node__pull *p = s->p;
+    if (p->phase != P_MANIFEST || s->idx != p->msrc || memcmp(m->id, p->want.b, CS_ID_BYTES)) {
+        if (s->xc && s->xc->c) net_conn_abort(s->xc->c, NET_EFORMAT);
+        return;
+    }
+    if (!m->found) {
+        p->msrc++;
+        ask_manifest(p);
+        return;
+    }
+    if (!p->mbuf) {
+        if (m->offset != 0 || !(p->mbuf = malloc(m->total))) {
+            if (s->xc && s->xc->c) net_conn_abort(s->xc->c, m->offset ? NET_EFORMAT : -ENOMEM);
+            return;
+        }
+        p->mtotal = m->total;
+        p->mhave = 0;
+    }
+    if (m->total != p->mtotal || m->offset != p->mhave) {
+        if (s->xc && s->xc->c) net_conn_abort(s->xc->c, NET_EFORMAT);
+        return;
+    }
+    memcpy(p->mbuf + p->mhave, m->part, m->part_len);
+    p->mhave += m->part_len;
+    s->wire_bytes += m->part_len;
+    if (p->mhave < p->mtotal) {
+        uint8_t *buf;
+        size_t len;
+        if (net_msg_encode_manifest_get(p->want.b, p->mhave, &buf, &len) == 0) {
+            if (net_conn_send(s->xc->c, NET_MSG_MANIFEST_GET, buf, len) != 0 && s->xc->c)
+                net_conn_abort(s->xc->c, NET_ECLOSED);
+            free(buf);
+        }
+        return;
+    }
+    mjob *j = calloc(1, sizeof *j);
+    if (!j) {
+        pull_fail(p, "out of memory");
+        return;
+    }
+    j->p = p;
+    j->work.data = j;
+    if (uv_queue_work(&p->x->d->loop, &j->work, manifest_work, manifest_done) != 0) {
+        free(j);
+        pull_fail(p, "cannot queue work");
+        return;
+    }
+    p->works++;
+}
+
+/* ---- pulls: the missing set ------------------------------------------------------------------ */
+
+/* The work's results stay in the job until it is back on the loop, which reads the pull's
+ * fields (reports) meanwhile. */
+typedef struct pjob {
+    uv_work_t work;
+    node__pull *p;
+    cs_id id;
+    int rc;
+    bool pinned;
+    cs_id *missing;
+    uint32_t n;
+    uint64_t unique, held;
+} pjob;
+
+static int cmp_id(const void *a, const void *b)
+{
+    return memcmp(a, b, CS_ID_BYTES);
+}
+
+static int find_pins(const cs_manifest_info *info, void *arg)
+{
+    pjob *j = arg;
+    if (cs_id_equal(&info->id, &j->id)) {
+        j->pinned = info->pins > 0;
+        return 1;
+    }
+    return 0;
+}
+
+static void plan_work(uv_work_t *w)
+{
+    pjob *j = w->data;
+    cs_store *st = j->p->x->d->st;
+    cs_manifest *m = NULL;
+    if ((j->rc = cs_manifest_get(st, &j->id, &m))) return;
+    int lrc = cs_manifest_list(st, find_pins, j);
+    if (lrc < 0) {
+        cs_manifest_free(m);
+        j->rc = lrc;
+        return;
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < m->nimages; i++) total += m->images[i].nchunks;
+    cs_id *all = malloc((total ? total : 1) * sizeof *all);
+    if (!all) {
+        cs_manifest_free(m);
+        j->rc = -ENOMEM;
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < m->nimages; i++)
+        for (uint64_t c = 0; c < m->images[i].nchunks; c++)
+            if (!cs_id_is_zero(&m->images[i].chunks[c])) all[k++] = m->images[i].chunks[c];
+    cs_manifest_free(m);
+    qsort(all, k, sizeof *all, cmp_id);
+    size_t u = 0;
+    for (size_t i = 0; i < k; i++)
+        if (u == 0 || !cs_id_equal(&all[u - 1], &all[i])) all[u++] = all[i];
+    j->unique = u;
+    /* What is held already stays; the missing keep their (sorted) order. */
+    size_t nm = 0;
+    uint8_t *bits = malloc(65536 / 8);
+    if (!bits) {
+        free(all);
+        j->rc = -ENOMEM;
+        return;
+    }
+    for (size_t off = 0; off < u; off += 65536) {
+        size_t n = u - off < 65536 ? u - off : 65536;
+        memset(bits, 0, 65536 / 8);
+        int64_t held = cs_has(st, all + off, n, bits);
+        if (held < 0) {
+            free(bits);
+            free(all);
+            j->rc = (int)held;
+            return;
+        }
+        for (size_t i = 0; i < n; i++)
+            if (!(bits[i / 8] & (1u << (i % 8)))) all[nm++] = all[off + i];
+    }
+    free(bits);
+    j->held = u - nm;
+    j->missing = all;
+    j->n = (uint32_t)nm;
+}
+
+static void start_have(node__pull *p);
+static void pull_finish(node__pull *p);
+
+static void plan_done(uv_work_t *w, int status)
+{
+    pjob *j = w->data;
+    node__pull *p = j->p;
+    p->works--;
+    int rc = status ? status : j->rc;
+    if (rc == 0) {
+        p->pinned_before = j->pinned;
+        p->unique_chunks = j->unique;
+        p->held_before = j->held;
+        p->missing = j->missing;
+        p->n = j->n;
+    } else {
+        free(j->missing);
+    }
+    free(j);
+    if (p->phase != P_PLAN) {
+        pull_maybe_free(p);
+        return;
+    }
+    char hex[CS_ID_HEX + 1];
+    if (rc) {
+        pull_fail(p, "manifest %s: %s", cs_id_to_hex(&p->id, hex), node_strerror(rc));
+        return;
+    }
+    if (p->n == 0) {
+        pull_finish(p);
+        return;
+    }
+    start_have(p);
+}
+
+static void pull_plan(node__pull *p)
+{
+    set_phase(p, P_PLAN);
+    pjob *j = calloc(1, sizeof *j);
+    if (!j) {
+        pull_fail(p, "out of memory");
+        return;
+    }
+    j->p = p;
+    j->id = p->id;
+    j->work.data = j;
+    if (uv_queue_work(&p->x->d->loop, &j->work, plan_work, plan_done) != 0) {
+        free(j);
+        pull_fail(p, "cannot queue work");
+        return;
+    }
+    p->works++;
+}
+
+/* ---- pulls: who holds what ------------------------------------------------------------------- */
+
+/* HAVE batches to one source, as its send queue allows. Request ids of HAVEs are the offsets of
+ * their first id. */
+static void send_haves(xsource *s)
+{
+    node__pull *p = s->p;
+    while (s->have_next < p->n && s->xc && s->xc->c) {
+        uint32_t n = p->n - s->have_next < NET_HAVE_MAX ? p->n - s->have_next : NET_HAVE_MAX;
+        uint8_t *buf;
+        size_t len;
+        if (net_msg_encode_ids(NET_MSG_HAVE, s->have_next, p->missing[s->have_next].b, n, &buf,
+                               &len) != 0) {
+            pull_fail(p, "out of memory");
+            return;
+        }
+        int rc = net_conn_send(s->xc->c, NET_MSG_HAVE, buf, len);
+        free(buf);
+        if (rc == NET_EAGAIN) return; /* on_drain sends the rest */
+        if (rc) return;               /* closing: on_close follows */
+        s->have_next += n;
+        s->have_left++;
+    }
+}
+
+static void start_fetch(node__pull *p);
+
+static void maybe_start_fetch(node__pull *p)
+{
+    if (p->phase != P_HAVE) return;
+    for (unsigned i = 0; i < p->nsrc; i++) {
+        xsource *s = &p->src[i];
+        if (s->in_have && !s->gone && !s->have_done) return;
+    }
+    start_fetch(p);
+}
+
+static void start_have(node__pull *p)
+{
+    set_phase(p, P_HAVE);
+    for (unsigned i = 0; i < p->nsrc; i++) {
+        xsource *s = &p->src[i];
+        if (!s->up || s->gone) continue; /* one still connecting takes no part */
+        s->in_have = true;
+        s->holdings = calloc((size_t)p->n / 8 + 1, 1);
+        if (!s->holdings) {
+            pull_fail(p, "out of memory");
+            return;
+        }
+        send_haves(s);
+    }
+    maybe_start_fetch(p);
+}
+
+static void on_have_bitmap(xsource *s, const net_msg *m)
+{
+    node__pull *p = s->p;
+    if (p->phase != P_HAVE || !s->holdings || m->req >= p->n || m->n > p->n - m->req ||
+        m->req % NET_HAVE_MAX || s->have_left == 0) {
+        if (s->xc && s->xc->c) net_conn_abort(s->xc->c, NET_EFORMAT);
+        return;
+    }
+    for (uint32_t i = 0; i < m->n; i++)
+        if (m->bitmap[i / 8] & (1u << (i % 8))) {
+            uint32_t c = m->req + i;
+            s->holdings[c / 8] |= (uint8_t)(1u << (c % 8));
+        }
+    s->wire_bytes += (m->n + 7) / 8;
+    s->have_left--;
+    if (s->have_left == 0 && s->have_next == p->n) {
+        s->have_done = true;
+        maybe_start_fetch(p);
+    }
+}
+
+/* ---- pulls: fetching ------------------------------------------------------------------------- */
+
+static void start_fetch(node__pull *p)
+{
+    const uint8_t **h = calloc(p->nsrc ? p->nsrc : 1, sizeof *h);
+    if (!h) {
+        pull_fail(p, "out of memory");
+        return;
+    }
+    for (unsigned i = 0; i < p->nsrc; i++) {
+        xsource *s = &p->src[i];
+        s->in_plan = s->in_have && !s->gone && s->have_done;
+        h[i] = s->in_plan ? s->holdings : NULL;
+    }
+    p->plan = node_plan_new(p->n, p->nsrc, REQ_TIMEOUT_MS);
+    int rc = p->plan ? node_plan_start(p->plan, h) : -ENOMEM;
+    free(h);
+    if (rc) {
+        pull_fail(p, "out of memory");
+        return;
+    }
+    p->last_refill_ms = p->last_expire_ms = uv_now(&p->x->d->loop);
+    const node_config *cfg = &p->x->d->cfg;
+    p->tokens_total = cfg->rate_total ? (double)GET_BATCH * CS_CHUNK_SIZE : 0;
+    for (unsigned i = 0; i < p->nsrc; i++)
+        p->src[i].tokens = cfg->rate_per_peer ? (double)GET_BATCH * CS_CHUNK_SIZE : 0;
+    set_phase(p, P_FETCH);
+    pull_pump(p);
+}
+
+static double bucket_cap(uint64_t rate)
+{
+    double cap = (double)rate / 5; /* a fifth of a second of burst, at least one batch */
+    return cap < (double)GET_BATCH * CS_CHUNK_SIZE ? (double)GET_BATCH * CS_CHUNK_SIZE : cap;
+}
+
+static void refill(node__pull *p, uint64_t now)
+{
+    const node_config *cfg = &p->x->d->cfg;
+    double dt = (double)(now - p->last_refill_ms) / 1000.0;
+    p->last_refill_ms = now;
+    if (cfg->rate_total) {
+        p->tokens_total += dt * (double)cfg->rate_total;
+        if (p->tokens_total > bucket_cap(cfg->rate_total))
+            p->tokens_total = bucket_cap(cfg->rate_total);
+    }
+    if (cfg->rate_per_peer)
+        for (unsigned i = 0; i < p->nsrc; i++) {
+            p->src[i].tokens += dt * (double)cfg->rate_per_peer;
+            if (p->src[i].tokens > bucket_cap(cfg->rate_per_peer))
+                p->src[i].tokens = bucket_cap(cfg->rate_per_peer);
+        }
+}
+
+/* Whether source i may be sent a GET now: connected, in the plan, tokens in its bucket, room in
+ * its send queue and under max_inflight_per_peer. */
+static bool can_ask(node__pull *p, unsigned i)
+{
+    const node_config *cfg = &p->x->d->cfg;
+    xsource *s = &p->src[i];
+    if (!s->in_plan || s->gone || !s->xc || !s->xc->c) return false;
+    if (cfg->rate_per_peer && s->tokens <= 0) return false;
+    if (net_conn_queued(s->xc->c) > SEND_ROOM) return false;
+    return node_plan_peer_inflight(p->plan, i) < cfg->max_inflight_per_peer;
+}
+
+/* Issues GETs while the total bucket has tokens, each to the source with the fewest chunks in
+ * flight among those that may be asked and still have work: striping by bytes in flight, so
+ * that under a total cap the sources share it instead of the first taking it all. */
+static void issue(node__pull *p)
+{
+    const node_config *cfg = &p->x->d->cfg;
+    uint64_t now = uv_now(&p->x->d->loop);
+    refill(p, now);
+    bool *dry = calloc(p->nsrc ? p->nsrc : 1, sizeof *dry); /* no work left for it this time */
+    if (!dry) return;
+    while (!cfg->rate_total || p->tokens_total > 0) {
+        unsigned best = p->nsrc;
+        uint64_t best_inflight = UINT64_MAX;
+        for (unsigned k = 0; k < p->nsrc; k++) {
+            unsigned i = (p->rr + k) % p->nsrc; /* ties go round the sources */
+            if (dry[i] || !can_ask(p, i)) continue;
+            uint64_t inflight = node_plan_peer_inflight(p->plan, i);
+            if (inflight < best_inflight) best = i, best_inflight = inflight;
+        }
+        if (best == p->nsrc) break;
+        xsource *s = &p->src[best];
+        size_t room = cfg->max_inflight_per_peer - best_inflight;
+        xget *g = calloc(1, sizeof *g);
+        if (!g) break;
+        g->n = (uint32_t)node_plan_next(p->plan, (int)best, room < GET_BATCH ? room : GET_BATCH,
+                                        g->idx, now);
+        if (g->n == 0) {
+            free(g);
+            dry[best] = true;
+            continue;
+        }
+        p->rr = best + 1;
+        cs_id ids[GET_BATCH];
+        for (uint32_t k = 0; k < g->n; k++) ids[k] = p->missing[g->idx[k]];
+        g->req = ++p->next_req;
+        g->left = g->n;
+        g->sent_ms = now;
+        uint8_t *buf;
+        size_t len;
+        int rc = net_msg_encode_ids(NET_MSG_GET, g->req, (const uint8_t *)ids, g->n, &buf, &len);
+        if (rc == 0) {
+            rc = net_conn_send(s->xc->c, NET_MSG_GET, buf, len);
+            free(buf);
+        }
+        g->next = s->gets;
+        s->gets = g;
+        if (rc) {
+            /* The chunks stay in flight at this source until it is gone or they expire. */
+            if (s->xc && s->xc->c) net_conn_abort(s->xc->c, rc);
+            dry[best] = true;
+            continue;
+        }
+        double bytes = (double)g->n * CS_CHUNK_SIZE;
+        p->tokens_total -= bytes;
+        s->tokens -= bytes;
+    }
+    free(dry);
+}
+
+/* Done, or stuck: nothing in flight and every chunk left has no live holder. */
+static void check_end(node__pull *p)
+{
+    if (p->phase != P_FETCH) return;
+    if (node_plan_done(p->plan)) {
+        pull_finish(p);
+        return;
+    }
+    if (p->verifying) return;
+    for (unsigned i = 0; i < p->nsrc; i++)
+        if (p->src[i].in_plan && node_plan_peer_inflight(p->plan, i)) return;
+    node_plan_stats_t st;
+    node_plan_stats(p->plan, &st);
+    if (st.done + st.origin_pending == st.total)
+        pull_fail(p, "%llu of %u missing chunks are held by no reachable peer",
+                  (unsigned long long)st.origin_pending, p->n);
+}
+
+static void pull_pump(node__pull *p)
+{
+    if (p->phase == P_HAVE) {
+        for (unsigned i = 0; i < p->nsrc; i++)
+            if (p->src[i].in_have && !p->src[i].gone) send_haves(&p->src[i]);
+        return;
+    }
+    if (p->phase != P_FETCH) return;
+    issue(p);
+}
+
+static xget *find_get(xsource *s, uint32_t req, xget ***link)
+{
+    for (xget **pp = &s->gets; *pp; pp = &(*pp)->next)
+        if ((*pp)->req == req) {
+            *link = pp;
+            return *pp;
+        }
+    return NULL;
+}
+
+/* Marks the ids of an answer in their GET; -1 for an id the GET did not ask for (or twice). */
+static int match_ids(node__pull *p, xget *g, const net_msg *m, uint32_t *idx)
+{
+    for (uint32_t i = 0; i < m->n; i++) {
+        uint32_t k = 0;
+        for (; k < g->n; k++)
+            if (!g->answered[k] &&
+                !memcmp(p->missing[g->idx[k]].b, m->ids + (size_t)i * CS_ID_BYTES, CS_ID_BYTES))
+                break;
+        if (k == g->n) return -1;
+        g->answered[k] = true;
+        idx[i] = g->idx[k];
+    }
+    return 0;
+}
+
+static void verify_work(uv_work_t *w)
+{
+    vjob *j = w->data;
+    uint8_t *data = malloc((size_t)j->n * CS_CHUNK_SIZE);
+    if (!data) {
+        j->rc = -ENOMEM;
+        return;
+    }
+    net_msg m;
+    if (net_msg_decode(NET_MSG_CHUNKS, j->payload, j->len, &m) != 0 || net_msg_chunks(&m, data)) {
+        free(data); /* the batch does not inflate to what it declared: every chunk fails */
+        return;
+    }
+    /* cs_put(expect) checks every chunk against its id and stores none of the batch when one
+     * does not match: that one is dropped and the rest tried again, so one bad chunk costs only
+     * itself (and the good ones are hashed once more per bad one in their batch). */
+    uint32_t ngood = j->n;
+    uint32_t pos[GET_BATCH];
+    cs_id good_ids[GET_BATCH];
+    for (uint32_t i = 0; i < j->n; i++) {
+        pos[i] = i;
+        good_ids[i] = j->ids[i];
+        j->ok[i] = !cs_id_is_zero(&j->ids[i]); /* the zero chunk is never asked for */
+    }
+    while (ngood) {
+        size_t bad = 0;
+        int rc = cs_put(j->p->x->d->st, data, ngood, good_ids, NULL, &bad, NULL);
+        if (rc != CS_ECORRUPT || bad >= ngood) {
+            j->rc = rc;
+            break;
+        }
+        j->ok[pos[bad]] = false;
+        ngood--;
+        memmove(data + bad * CS_CHUNK_SIZE, data + (bad + 1) * CS_CHUNK_SIZE,
+                (ngood - bad) * CS_CHUNK_SIZE);
+        memmove(good_ids + bad, good_ids + bad + 1, (ngood - bad) * sizeof *good_ids);
+        memmove(pos + bad, pos + bad + 1, (ngood - bad) * sizeof *pos);
+    }
+    free(data);
+}
+
+static void verify_done(uv_work_t *w, int status)
+{
+    vjob *j = w->data;
+    node__pull *p = j->p;
+    p->works--;
+    p->verifying--;
+    int rc = status ? status : j->rc;
+    if (p->phase == P_FETCH) {
+        if (rc) {
+            pull_fail(p, "cannot store chunks: %s", node_strerror(rc));
+        } else {
+            xsource *s = &p->src[j->src];
+            for (uint32_t i = 0; i < j->n; i++) {
+                /* A late answer (the chunk expired and went elsewhere) is stored all the same
+                 * but counted only where the planner took it. */
+                uint64_t before = node_plan_peer_received(p->plan, j->src);
+                node_plan_received(p->plan, (int)j->src, j->idx[i], j->ok[i]);
+                if (j->ok[i]) {
+                    if (node_plan_peer_received(p->plan, j->src) == before) continue;
+                    s->chunks++;
+                    s->bytes += CS_CHUNK_SIZE;
+                    p->chunks_done++;
+                    p->bytes_done += CS_CHUNK_SIZE;
+                } else {
+                    s->failures++;
+                    s->bad_chunks++;
+                    char hex[CS_ID_HEX + 1];
+                    node_log(NODE_LOG_WARN, "chunk %s from %s:%d does not match its id: dropped",
+                             cs_id_to_hex(&j->ids[i], hex), s->ip, s->port);
+                }
+            }
+            issue(p);
+            check_end(p);
+        }
+    }
+    free(j->payload);
+    free(j);
+    pull_maybe_free(p);
+}
+
+static void on_chunks(xsource *s, const net_msg *m, const uint8_t *payload, size_t len)
+{
+    node__pull *p = s->p;
+    xget **link, *g = find_get(s, m->req, &link);
+    vjob *j = calloc(1, sizeof *j);
+    if (!g || !j || match_ids(p, g, m, j->idx)) {
+        free(j);
+        if (s->xc && s->xc->c) net_conn_abort(s->xc->c, g ? -ENOMEM : NET_EFORMAT);
+        return;
+    }
+    s->wire_bytes += len;
+    j->p = p;
+    j->src = s->idx;
+    j->n = m->n;
+    for (uint32_t i = 0; i < m->n; i++) j->ids[i] = p->missing[j->idx[i]];
+    g->left -= m->n;
+    if (g->left == 0) {
+        *link = g->next;
+        free(g);
+    }
+    j->payload = malloc(len);
+    if (!j->payload) {
+        free(j);
+        pull_fail(p, "out of memory");
+        return;
+    }
+    memcpy(j->payload, payload, len);
+    j->len = len;
+    j->work.data = j;
+    if (uv_queue_work(&p->x->d->loop, &j->work, verify_work, verify_done) != 0) {
+        free(j->payload);
+        free(j);
+        pull_fail(p, "cannot queue work");
+        return;
+    }
+    p->works++;
+    p->verifying++;
+}
+
+static void on_dont_have(xsource *s, const net_msg *m)
+{
+    node__pull *p = s->p;
+    xget **link, *g = find_get(s, m->req, &link);
+    uint32_t idx[NET_GET_MAX];
+    if (!g || match_ids(p, g, m, idx)) {
+        if (s->xc && s->xc->c) net_conn_abort(s->xc->c, NET_EFORMAT);
+        return;
+    }
+    for (uint32_t i = 0; i < m->n; i++) node_plan_not_held(p->plan, (int)s->idx, idx[i]);
+    s->not_held += m->n;
+    g->left -= m->n;
+    if (g->left == 0) {
+        *link = g->next;
+        free(g);
+    }
+    issue(p);
+    check_end(p);
+}
+
+static void pull_on_answer(xsource *s, uint8_t type, const uint8_t *payload, size_t len)
+{
+    net_msg m;
+    if (net_msg_decode(type, payload, len, &m) != 0) {
+        net_conn_abort(s->xc->c, NET_EFORMAT);
+        return;
+    }
+    node__pull *p = s->p;
+    if (p->phase == P_DONE) return;
+    switch (type) {
+    case NET_MSG_MANIFEST: on_manifest(s, &m); break;
+    case NET_MSG_HAVE_BITMAP: on_have_bitmap(s, &m); break;
+    case NET_MSG_CHUNKS:
+        if (p->phase == P_FETCH) on_chunks(s, &m, payload, len);
+        break;
+    case NET_MSG_DONT_HAVE:
+        if (p->phase == P_FETCH) on_dont_have(s, &m);
+        break;
+    }
+}
+
+/* ---- pulls: the end -------------------------------------------------------------------------- */
+
+typedef struct fjob {
+    uv_work_t work;
+    node__pull *p;
+    int rc;
+} fjob;
+
+static void finish_work(uv_work_t *w)
+{
+    fjob *j = w->data;
+    node__pull *p = j->p;
+    if (!p->pinned_before) j->rc = cs_manifest_pin(p->x->d->st, &p->id);
+}
+
+static void finish_done(uv_work_t *w, int status)
+{
+    fjob *j = w->data;
+    node__pull *p = j->p;
+    p->works--;
+    int rc = status ? status : j->rc;
+    free(j);
+    if (p->phase != P_FINISH) {
+        pull_maybe_free(p);
+        return;
+    }
+    if (rc) {
+        pull_fail(p, "cannot pin the manifest: %s", node_strerror(rc));
+        return;
+    }
+    char hex[CS_ID_HEX + 1];
+    node_log(NODE_LOG_INFO, "pulled %s: %llu chunks (%llu bytes) in %llu ms",
+             cs_id_to_hex(&p->id, hex), (unsigned long long)p->chunks_done,
+             (unsigned long long)p->bytes_done,
+             (unsigned long long)(uv_now(&p->x->d->loop) - p->started_ms));
+    pull_end(p);
+}
+
+static void pull_finish(node__pull *p)
+{
+    set_phase(p, P_FINISH);
+    fjob *j = calloc(1, sizeof *j);
+    if (!j) {
+        pull_fail(p, "out of memory");
+        return;
+    }
+    j->p = p;
+    j->work.data = j;
+    if (uv_queue_work(&p->x->d->loop, &j->work, finish_work, finish_done) != 0) {
+        free(j);
+        pull_fail(p, "cannot queue work");
+        return;
+    }
+    p->works++;
+}
+
+/* ---- pulls: sources come and go -------------------------------------------------------------- */
+
+static void after_connect(node__pull *p)
+{
+    if (p->phase != P_CONNECT) return;
+    unsigned up = 0, pending = 0;
+    for (unsigned i = 0; i < p->nsrc; i++) {
+        if (p->src[i].up && !p->src[i].gone)
+            up++;
+        else if (!p->src[i].gone)
+            pending++;
+    }
+    uint64_t waited = uv_now(&p->x->d->loop) - p->started_ms;
+    if (pending && waited < CONNECT_WAIT_MS) return;
+    if (up == 0) {
+        pull_fail(p, "no peer could be reached (%u tried)", p->nsrc);
+        return;
+    }
+    /* A manifest held here already (a pull that was interrupted) is not fetched again. */
+    set_phase(p, P_MANIFEST);
+    p->want = p->id;
+    p->msrc = 0;
+    manifest_check(p);
+}
+
+typedef struct hjob {
+    uv_work_t work;
+    node__pull *p;
+    int rc;
+    bool ingest;
+} hjob;
+
+/* Takes the ingest lock (it waits for a running gc: never on the loop), then looks for the
+ * manifest here. */
+static void held_work(uv_work_t *w)
+{
+    hjob *j = w->data;
+    if ((j->rc = cs_ingest_begin(j->p->x->d->st))) return;
+    j->ingest = true;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    j->rc = cs_manifest_get_raw(j->p->x->d->st, &j->p->id, &buf, &len);
+    free(buf);
+}
+
+static void held_done(uv_work_t *w, int status)
+{
+    hjob *j = w->data;
+    node__pull *p = j->p;
+    p->works--;
+    int rc = status ? status : j->rc;
+    if (j->ingest) p->ingest = true;
+    free(j);
+    if (p->phase != P_MANIFEST) {
+        release_ingest(p); /* the pull ended meanwhile */
+        pull_maybe_free(p);
+        return;
+    }
+    if (rc == 0)
+        pull_plan(p);
+    else if (rc == CS_ENOTFOUND)
+        ask_manifest(p);
+    else
+        pull_fail(p, "store: %s", node_strerror(rc));
+}
+
+static void manifest_check(node__pull *p)
+{
+    hjob *j = calloc(1, sizeof *j);
+    if (!j) {
+        pull_fail(p, "out of memory");
+        return;
+    }
+    j->p = p;
+    j->work.data = j;
+    if (uv_queue_work(&p->x->d->loop, &j->work, held_work, held_done) != 0) {
+        free(j);
+        pull_fail(p, "cannot queue work");
+        return;
+    }
+    p->works++;
+}
+
+static void pull_connected(xsource *s)
+{
+    s->up = true;
+    char k[13];
+    node_log(NODE_LOG_DEBUG, "pull: connected to %s at %s:%d", short_hex(s->pk, k), s->ip, s->port);
+    after_connect(s->p);
+}
+
+static void pull_source_gone(xsource *s, int status)
+{
+    node__pull *p = s->p;
+    bool was_up = s->up;
+    s->gone = true;
+    s->status = status;
+    for (xget *g = s->gets, *nx; g; g = nx) nx = g->next, free(g);
+    s->gets = NULL;
+    if (p->phase == P_DONE) {
+        pull_maybe_free(p);
+        return;
+    }
+    char k[13];
+    node_log(was_up ? NODE_LOG_WARN : NODE_LOG_INFO, "pull: peer %s at %s:%d %s: %s",
+             short_hex(s->pk, k), s->ip, s->port, was_up ? "gone" : "not reachable",
+             net_strerror(status));
+    switch (p->phase) {
+    case P_CONNECT: after_connect(p); break;
+    case P_MANIFEST:
+        if (p->msrc == s->idx && !p->works) {
+            free(p->mbuf);
+            p->mbuf = NULL;
+            p->msrc++;
+            ask_manifest(p);
+        }
+        break;
+    case P_HAVE: maybe_start_fetch(p); break;
+    case P_FETCH:
+        if (s->in_plan) node_plan_peer_gone(p->plan, s->idx);
+        issue(p);
+        check_end(p);
+        break;
+    default: break;
+    }
+}
+
+static void on_tick(uv_timer_t *h)
+{
+    node__pull *p = h->data;
+    uint64_t now = uv_now(&p->x->d->loop);
+    if (p->phase == P_CONNECT) after_connect(p);
+    if (p->phase == P_HAVE && now - p->phase_ms > HAVE_WAIT_MS) {
+        /* Sources that did not answer in time take no part. */
+        for (unsigned i = 0; i < p->nsrc; i++)
+            if (!p->src[i].have_done && p->src[i].xc && p->src[i].xc->c)
+                net_conn_abort(p->src[i].xc->c, NET_ETIMEDOUT);
+        if (p->phase == P_HAVE) start_fetch(p);
+    }
+    if (p->phase == P_FETCH) {
+        if (now - p->last_expire_ms >= 1000) {
+            p->last_expire_ms = now;
+            node_plan_expire(p->plan, now);
+        }
+        issue(p);
+        if (now - p->last_report_ms >= REPORT_MS) check_end(p);
+    }
+    if (p->phase != P_DONE && now - p->last_report_ms >= REPORT_MS) report(p, false);
+}
+
+/* ---- pulls: start ---------------------------------------------------------------------------- */
+
+static bool filter_match(const char *filter, const uint8_t pk[NET_KEY_BYTES], const char *ip,
+                         int port)
+{
+    if (!filter[0]) return true;
+    uint8_t key[NODE_KEY_BYTES];
+    if (node_key_decode(filter, strlen(filter), NODE_KEY_NODE_PUBLIC, key, NULL) == 0 ||
+        (strlen(filter) == 64 &&
+         sodium_hex2bin(key, sizeof key, filter, 64, NULL, NULL, NULL) == 0))
+        return memcmp(key, pk, NET_KEY_BYTES) == 0;
+    char addr[100];
+    snprintf(addr, sizeof addr, "%s:%d", ip, port);
+    return !strcmp(filter, addr) || !strcmp(filter, ip);
+}
+
+static int add_source(node__pull *p, const uint8_t pk[NET_KEY_BYTES], const char *ip, int port)
+{
+    if (!memcmp(pk, p->x->d->keys.node_pk, NET_KEY_BYTES)) return 0; /* this node */
+    for (unsigned i = 0; i < p->nsrc; i++)
+        if (!memcmp(p->src[i].pk, pk, NET_KEY_BYTES)) return 0;
+    if (!filter_match(p->peer_filter, pk, ip, port)) return 0;
+    xsource *ns = realloc(p->src, (p->nsrc + 1) * sizeof *ns);
+    if (!ns) return -ENOMEM;
+    p->src = ns;
+    xsource *s = &p->src[p->nsrc];
+    memset(s, 0, sizeof *s);
+    s->p = p;
+    s->idx = p->nsrc++;
+    memcpy(s->pk, pk, NET_KEY_BYTES);
+    snprintf(s->ip, sizeof s->ip, "%s", ip);
+    s->port = port;
+    return 0;
+}
+
+int node__pull_start(node_daemon *d, const cs_id *id, const char *peer, node__pull_report_fn fn,
+                     void *arg, char err[NODE_ERRMSG])
+{
+    node__exchange *x = d->xchg;
+    if (!x || x->stopping) {
+        node__errf(err, "this node has no fleet key: it has no peers to pull from (join a fleet "
+                        "with `cloudlet init --fleet-key FILE`)");
+        return NET_EROLE;
+    }
+    char hex[CS_ID_HEX + 1];
+    for (node__pull *q = x->pulls; q; q = q->next)
+        if (cs_id_equal(&q->id, id) && q->phase != P_DONE) {
+            node__errf(err, "manifest %s is being pulled already", cs_id_to_hex(id, hex));
+            return CS_EBUSY;
+        }
+    node__pull *p = calloc(1, sizeof *p);
+    if (!p) return -ENOMEM;
+    p->x = x;
+    p->id = *id;
+    snprintf(p->peer_filter, sizeof p->peer_filter, "%s", peer ? peer : "");
+    p->started_ms = uv_now(&d->loop);
+    int rc = 0;
+    /* Candidates: the peer table (where beacons came from, at the port they carry), then static
+     * peers given with their key that were not heard (their host must be a numeric address). */
+    const node__peer_table *t = node__discovery_table(d);
+    for (unsigned i = 0; t && i < t->n && !rc; i++)
+        rc = add_source(p, t->p[i].pk, t->p[i].ip, t->p[i].port);
+    for (unsigned i = 0; i < d->cfg.npeers && !rc; i++)
+        if (d->cfg.peers[i].has_key)
+            rc = add_source(p, d->cfg.peers[i].key, d->cfg.peers[i].host, d->cfg.peers[i].port);
+    if (rc) {
+        free(p->src);
+        free(p);
+        return rc;
+    }
+    if (p->nsrc == 0) {
+        if (p->peer_filter[0])
+            node__errf(err, "no known peer matches %s (see `cloudlet peers`)", p->peer_filter);
+        else
+            node__errf(err, "no peers known to pull from (see `cloudlet peers`; a static peer "
+                            "needs its node key in cloudlet.conf when beacons cannot reach it)");
+        free(p->src);
+        free(p);
+        return CS_ENOTFOUND;
+    }
+    p->report = fn;
+    p->arg = arg;
+    p->next = x->pulls;
+    x->pulls = p;
+    uv_timer_init(&d->loop, &p->timer);
+    p->timer.data = p;
+    p->timer_open = true;
+    uv_timer_start(&p->timer, on_tick, TICK_MS, TICK_MS);
+    p->phase = P_CONNECT;
+    for (unsigned i = 0; i < p->nsrc; i++) {
+        xsource *s = &p->src[i];
+        xconn *xc = xconn_new(x);
+        net_conn *c = NULL;
+        int crc =
+            xc ? net_connect(x->ep, s->ip, s->port, s->pk, NET_ROLE_PEER, NULL, &conn_cbs, xc, &c)
+               : -ENOMEM;
+        if (crc) {
+            if (xc) xconn_maybe_free(xc);
+            s->gone = true;
+            s->status = crc;
+            continue;
+        }
+        xc->c = c;
+        xc->src = s;
+        s->xc = xc;
+    }
+    node_log(NODE_LOG_INFO, "pull %s from %u peer%s", cs_id_to_hex(id, hex), p->nsrc,
+             p->nsrc == 1 ? "" : "s");
+    report(p, false);
+    after_connect(p);
+    return 0;
+}

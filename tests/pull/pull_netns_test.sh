@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# `cloudlet pull` between nodes that found each other by LAN discovery, no static peers:
+#   pull_netns_test.sh CLOUDLET CLOUDLETD CASE
+#
+# Three network namespaces on a bridge held in a fourth, with 198.18.0.0/15 addresses (reserved
+# for network tests); nothing is created in the caller's namespace and everything is removed on
+# exit. Exits 77 (skipped) when namespaces cannot be made here.
+set -euo pipefail
+CLOUDLET=$1 CLOUDLETD=$2 CASE=$3
+ID=$$
+T=$(mktemp -d "${TMPDIR:-/tmp}/cloudlet-pullns-XXXXXX")
+SW=clp$ID-sw
+NSES=() PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    for ns in "${NSES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+    [ -n "${KEEP:-}" ] && echo "kept $T" >&2 || rm -rf "$T"
+}
+trap cleanup EXIT
+fail() {
+    echo "FAIL: $*" >&2
+    for l in "$T"/*.log; do [ -f "$l" ] && { echo "--- $l" >&2; tail -20 "$l" >&2; }; done
+    exit 1
+}
+cl() { "$CLOUDLET" "$@"; }
+
+if ! ip netns add "$SW" 2>"$T/skip"; then
+    echo "SKIP: cannot create a network namespace here: $(cat "$T/skip")"
+    exit 77
+fi
+NSES+=("$SW")
+ip -n "$SW" link add br0 type bridge
+ip -n "$SW" link set br0 type bridge mcast_snooping 0
+ip -n "$SW" link set br0 up
+
+# node NAME N: namespace clpID-NAME holding 198.18.1.N on the bridge, and home $T/NAME.
+node() {
+    local name=$1 n=$2 ns=clp$ID-$1
+    ip netns add "$ns"
+    NSES+=("$ns")
+    ip -n "$SW" link add "vp$ID-$n" type veth peer name eth0 netns "$ns"
+    ip -n "$SW" link set "vp$ID-$n" master br0 up
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add "198.18.1.$n/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" route add 224.0.0.0/4 dev eth0
+    if [ ! -f "$T/fleet" ]; then
+        cl init --home "$T/$name" --new-fleet >/dev/null
+        (umask 077 && cl fleet-key --home "$T/$name" >"$T/fleet")
+    else
+        cl init --home "$T/$name" --fleet-key "$T/fleet" >/dev/null
+    fi
+    printf 'beacon_interval = 1\n' >"$T/$name/cloudlet.conf"
+}
+start() {
+    local name=$1
+    ip netns exec "clp$ID-$name" "$CLOUDLETD" --home "$T/$name" --foreground --log-level debug \
+        2>"$T/$name.log" &
+    PIDS+=($!)
+    for _ in $(seq 200); do [ -S "$T/$name/control.sock" ] && break; sleep 0.05; done
+    [ -S "$T/$name/control.sock" ] || fail "cloudletd $name never served"
+}
+
+nodes_found_on_the_lan_are_the_sources() {
+    node a 1; node b 2; node c 3
+    head -c $((4 << 20)) /dev/urandom >"$T/file"
+    local id
+    id=$(cl store add --home "$T/a" "$T/file" | tail -1)
+    cl store add --home "$T/b" "$T/file" >/dev/null
+    start a; start b; start c
+    # Until c has heard both.
+    for _ in $(seq 100); do
+        cl peers --home "$T/c" --json >"$T/peers.json"
+        [ "$(python3 -c 'import json,sys; print(sum(p["heard"] for p in json.load(open(sys.argv[1]))["peers"]))' "$T/peers.json")" = 2 ] && break
+        sleep 0.05
+    done
+    cl pull --home "$T/c" "$id" --json >"$T/pull.json" 2>"$T/pull.err" || fail "pull: $(cat "$T/pull.err")"
+    python3 - "$T/pull.json" <<'PY' || fail "report: $(cat "$T/pull.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["done"] == "pulled" and d["chunks_fetched"] == 1024, d
+addrs = sorted(s["address"] for s in d["sources"])
+assert addrs == ["198.18.1.1:7420", "198.18.1.2:7420"], addrs
+assert all(s["chunks"] > 0 for s in d["sources"]), d["sources"]
+PY
+    cl store cat --home "$T/c" "$id" -o "$T/back"
+    cmp "$T/file" "$T/back" || fail "the pulled file differs"
+    # By node key, one source only.
+    cl store rm --home "$T/c" "$id" >/dev/null
+    kill -TERM "${PIDS[2]}"; wait "${PIDS[2]}" || true
+    cl store gc --home "$T/c" >/dev/null
+    start c
+    for _ in $(seq 100); do
+        cl peers --home "$T/c" --json >"$T/peers.json"
+        [ "$(python3 -c 'import json,sys; print(sum(p["heard"] for p in json.load(open(sys.argv[1]))["peers"]))' "$T/peers.json")" = 2 ] && break
+        sleep 0.05
+    done
+    cl pull --home "$T/c" "$id" --peer "$(tr -d '\n' <"$T/b/node.pub")" --json >"$T/pull.json" 2>"$T/pull.err" ||
+        fail "pull: $(cat "$T/pull.err")"
+    python3 - "$T/pull.json" <<'PY' || fail "report: $(cat "$T/pull.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert [s["address"] for s in d["sources"]] == ["198.18.1.2:7420"], d["sources"]
+assert d["chunks_fetched"] == 1024, d
+PY
+}
+
+"$CASE"
