@@ -1,24 +1,16 @@
 /* node_daemon.c — the daemon's life: prepare, start, run, stop. */
 #define _GNU_SOURCE
 #include "node_daemon.h"
+#include "node_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static void errf(char err[NODE_ERRMSG], const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, NODE_ERRMSG, fmt, ap);
-    va_end(ap);
-}
 
 static int parse_level(const char *s, node_log_level *out)
 {
@@ -42,7 +34,7 @@ int node_daemon_prepare(node_daemon *d, const node_daemon_opts *o, char err[NODE
     bool initialised = store && stat(store, &sb) == 0;
     free(store);
     if (!initialised) {
-        errf(err, "no node home at %s (create it with `cloudlet init --home %s`)", d->home, d->home);
+        node__errf(err, "no node home at %s (create it with `cloudlet init --home %s`)", d->home, d->home);
         return CS_ENOTFOUND;
     }
     char *conf = o->config ? strdup(o->config) : node_home_path(d->home, "cloudlet.conf");
@@ -52,7 +44,7 @@ int node_daemon_prepare(node_daemon *d, const node_daemon_opts *o, char err[NODE
     free(conf);
     if (rc) return rc;
     if (o->log_level && parse_level(o->log_level, &d->cfg.log_level)) {
-        errf(err, "unknown log level %s (error, warn, info or debug)", o->log_level);
+        node__errf(err, "unknown log level %s (error, warn, info or debug)", o->log_level);
         return CS_EFORMAT;
     }
     node_log_set_level(d->cfg.log_level);
@@ -62,7 +54,7 @@ int node_daemon_prepare(node_daemon *d, const node_daemon_opts *o, char err[NODE
     d->lock_fd = lock ? open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
     free(lock);
     if (d->lock_fd < 0) {
-        errf(err, "cannot open the lock file in %s: %s", d->home, strerror(errno));
+        node__errf(err, "cannot open the lock file in %s: %s", d->home, strerror(errno));
         return -errno;
     }
     if (flock(d->lock_fd, LOCK_EX | LOCK_NB) != 0) {
@@ -70,7 +62,7 @@ int node_daemon_prepare(node_daemon *d, const node_daemon_opts *o, char err[NODE
         ssize_t n = pread(d->lock_fd, pid, sizeof pid - 1, 0);
         pid[n > 0 ? n : 0] = '\0';
         pid[strcspn(pid, "\n")] = '\0';
-        errf(err, "another cloudletd is running on %s%s%s", d->home, pid[0] ? " as pid " : "", pid);
+        node__errf(err, "another cloudletd is running on %s%s%s", d->home, pid[0] ? " as pid " : "", pid);
         return CS_EBUSY;
     }
 
@@ -92,7 +84,7 @@ int node_daemon_start(node_daemon *d, char err[NODE_ERRMSG])
      * that opened it. */
     char *store = node_home_path(d->home, "store");
     int src = store ? cs_open(store, 0, &d->st) : -ENOMEM;
-    if (src) errf(err, "cannot open the store at %s: %s", store ? store : d->home, cs_strerror(src));
+    if (src) node__errf(err, "cannot open the store at %s: %s", store ? store : d->home, cs_strerror(src));
     free(store);
     if (src) return src;
 
@@ -105,7 +97,7 @@ int node_daemon_start(node_daemon *d, char err[NODE_ERRMSG])
 
     int rc = uv_loop_init(&d->loop);
     if (rc) {
-        errf(err, "event loop: %s", uv_strerror(rc));
+        node__errf(err, "event loop: %s", uv_strerror(rc));
         return rc;
     }
     d->loop.data = d;

@@ -61,12 +61,11 @@ char *node__peers_json(node_daemon *d);
 
 /* The chunk exchange (node_exchange.c, docs/protocol.md §9). start listens on the listen
  * address (port 0: the bound port is written back into cfg.listen.port) and does nothing for a
- * node without a fleet key; a listen failure is logged and the node still pulls. stop ends every
- * pull and closes every connection; free releases the rest once the loop has ended. */
+ * node without a fleet key; a listen failure fails the start, naming the address. stop ends
+ * every pull and closes every connection; free releases the rest once the loop has ended. */
 int node__exchange_start(node_daemon *d, char err[NODE_ERRMSG]);
 void node__exchange_stop(node_daemon *d);
 void node__exchange_free(node_daemon *d);
-bool node__exchange_listening(node_daemon *d);
 
 /* A pull reports with one JSON line (ending in a newline, valid during the call) now and then,
  * and a last one (last true) when it ends: {"done": ...} or {"error": ...}. */

@@ -89,7 +89,7 @@ struct node__exchange {
     net_endpoint *ep;
     net_keypair kp;
     net_keys keys;
-    bool stopping, listening;
+    bool stopping;
     xconn *conns;
     node__pull *pulls;
 };
@@ -510,12 +510,13 @@ int node__exchange_start(node_daemon *d, char err[NODE_ERRMSG])
     net_endpoint_set_data(x->ep, x);
     rc = net_endpoint_listen(x->ep, d->cfg.listen.host, d->cfg.listen.port, on_accept);
     if (rc) {
-        /* The node still pulls (outgoing connections) and answers its control socket. */
-        node_log(NODE_LOG_WARN, "cannot listen for peers on %s:%u: %s (serving no chunks)",
-                 d->cfg.listen.host, d->cfg.listen.port, net_strerror(rc));
-        return 0;
+        /* A node of a fleet that cannot be reached is not what its operator configured: say
+         * so at start rather than run on, unreachable. */
+        node__errf(err, "cannot listen for peers on %s:%u: %s (is another cloudletd using that "
+                        "port? `listen` in cloudlet.conf sets it)",
+                   d->cfg.listen.host, d->cfg.listen.port, net_strerror(rc));
+        return rc;
     }
-    x->listening = true;
     d->cfg.listen.port = (uint16_t)net_endpoint_port(x->ep); /* port 0: the one bound */
     node_log(NODE_LOG_INFO, "serving chunks to peers on %s:%u", d->cfg.listen.host,
              d->cfg.listen.port);
@@ -551,10 +552,6 @@ void node__exchange_free(node_daemon *d)
     d->xchg = NULL;
 }
 
-bool node__exchange_listening(node_daemon *d)
-{
-    return d->xchg && d->xchg->listening;
-}
 
 /* ---- pulls: reports -------------------------------------------------------------------------- */
 

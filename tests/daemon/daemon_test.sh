@@ -54,6 +54,22 @@ detaches_and_is_ready_when_it_returns() {
     "$CLOUDLET" status --home "$H" | grep -q "^cloudletd .* running as pid"
 }
 
+a_fleet_node_that_cannot_listen_is_refused_naming_the_address() {
+    "$CLOUDLET" init --home "$H" --new-fleet >/dev/null
+    # Something else holds a port on 127.0.0.1; the node is configured to listen on it.
+    python3 -c 'import socket,sys,time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True); time.sleep(30)' >"$T/port" &
+    holder=$!
+    for _ in $(seq 100); do [ -s "$T/port" ] && break; sleep 0.05; done
+    port=$(cat "$T/port")
+    printf 'discovery = off\nlisten = 127.0.0.1:%s\n' "$port" >"$H/cloudlet.conf"
+    expect_status 1 "$CLOUDLETD" --home "$H"
+    kill "$holder" 2>/dev/null || true
+    grep -q "cannot listen for peers on 127.0.0.1:$port" "$T/err" || fail "$(cat "$T/err")"
+    [ ! -e "$H/control.sock" ] || fail "a daemon started anyway"
+}
+
 a_second_daemon_on_one_home_is_refused() {
     "$CLOUDLET" init --home "$H" >/dev/null
     "$CLOUDLETD" --home "$H"

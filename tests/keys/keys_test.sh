@@ -168,7 +168,7 @@ status_shows_the_node_key_and_whether_the_node_is_in_a_fleet() {
 
     cl init --home "$H" --new-fleet >/dev/null
     # A node in a fleet sends discovery beacons; this one runs on the host's own network.
-    printf 'discovery = off\n' >"$H/cloudlet.conf"
+    printf 'discovery = off\nlisten = 127.0.0.1:0\n' >"$H/cloudlet.conf"
     "$CLOUDLETD" --home "$H"
     cl status --home "$H" --json >"$T/s.json"
     [ "$(json_get "$T/s.json" fleet)" = true ] || fail "status: $(cat "$T/s.json")"
