@@ -56,6 +56,19 @@ bool cli_resolve_id(const char *cmd, cs_store *st, const char *arg, cs_id *id);
 char *cli_control_request(const char *cmd, const cli_common *common, const char *request,
                           int timeout_ms);
 
+/* The value of "key" in the daemon's JSON within [obj, end) (end NULL: to obj's NUL), copied
+ * into out (cap bytes, NUL-terminated, backslash escapes undone): a number, a string's text,
+ * true/false/null; "" when absent. The daemon's objects are flat where this is used, so the
+ * first match is the field. Returns out. */
+const char *cli_json_field(const char *obj, const char *end, const char *key, char *out,
+                           size_t cap);
+
+/* The end of `cloudlet vm import` and `vm capture`: the report then the id, or with --json the
+ * report as one JSON object holding the id. */
+struct node_import_report;
+void cli_print_import(const cli_common *co, const struct node_import_report *r, const cs_id *id,
+                      const char *name);
+
 /* "1.5 GiB" style; buf of 32 bytes. */
 const char *cli_bytes(uint64_t n, char buf[32]);
 /* Prints s as a JSON string (quotes included). */

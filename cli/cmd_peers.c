@@ -14,23 +14,6 @@ static const char usage[] =
     "  --json       the daemon's answer as JSON (full keys, ages in ms, counters)\n"
     "  --home DIR   the node home\n";
 
-/* The value after "key": within [obj, end), copied into out (numbers, strings, true/false/null).
- * The daemon's answer is flat inside each peer object and its strings hold no quotes. */
-static const char *field(const char *obj, const char *end, const char *key, char *out, size_t cap)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\": ", key);
-    out[0] = '\0';
-    const char *p = strstr(obj, pat);
-    if (!p || p >= end) return out;
-    p += strlen(pat);
-    if (*p == '"') p++;
-    size_t k = 0;
-    while (p < end && *p && *p != '"' && *p != ',' && *p != '}' && k + 1 < cap) out[k++] = *p++;
-    out[k] = '\0';
-    return out;
-}
-
 static const char *age(const char *ms, char out[32])
 {
     if (!ms[0] || !strcmp(ms, "null")) return "never";
@@ -53,7 +36,7 @@ int cmd_peers(int argc, char **argv)
     const char *end = reply + strlen(reply);
     char a[256], b[256];
     if (strncmp(reply, "{\"error\"", 8) == 0) {
-        cli_error(argv[0], "cloudletd: %s", field(reply, end, "error", a, sizeof a));
+        cli_error(argv[0], "cloudletd: %s", cli_json_field(reply, end, "error", a, sizeof a));
         free(reply);
         return CLI_FAIL;
     }
@@ -62,14 +45,14 @@ int cmd_peers(int argc, char **argv)
         free(reply);
         return CLI_OK;
     }
-    if (strcmp(field(reply, end, "fleet", a, sizeof a), "true") != 0)
+    if (strcmp(cli_json_field(reply, end, "fleet", a, sizeof a), "true") != 0)
         printf("this node has no fleet key: it has no peers (join a fleet with "
                "`cloudlet init --fleet-key FILE`)\n");
-    else if (strcmp(field(reply, end, "discovery", a, sizeof a), "true") != 0)
+    else if (strcmp(cli_json_field(reply, end, "discovery", a, sizeof a), "true") != 0)
         printf("discovery is off: static peers only\n");
-    else if (strcmp(field(reply, end, "joined", a, sizeof a), "true") != 0)
+    else if (strcmp(cli_json_field(reply, end, "joined", a, sizeof a), "true") != 0)
         printf("discovery is on but the node could not join multicast group %s (no route?)\n",
-               field(reply, end, "multicast", b, sizeof b));
+               cli_json_field(reply, end, "multicast", b, sizeof b));
 
     const char *p = strstr(reply, "\"peers\": [");
     unsigned n = 0;
@@ -81,13 +64,13 @@ int cmd_peers(int argc, char **argv)
             printf("%-14s %-24s %5s  %-13s %10s %9s  %s\n", "NODE", "ADDRESS", "PORT",
                    "LAST BEACON", "CHUNKS", "MANIFESTS", "SOURCE");
         char key[80], addr[256], port[16], ms[32], when[32], chunks[32], manifests[32], src[16];
-        field(p, oe, "key", key, sizeof key);
-        field(p, oe, "address", addr, sizeof addr);
-        field(p, oe, "port", port, sizeof port);
-        field(p, oe, "age_ms", ms, sizeof ms);
-        field(p, oe, "chunks", chunks, sizeof chunks);
-        field(p, oe, "manifests", manifests, sizeof manifests);
-        field(p, oe, "source", src, sizeof src);
+        cli_json_field(p, oe, "key", key, sizeof key);
+        cli_json_field(p, oe, "address", addr, sizeof addr);
+        cli_json_field(p, oe, "port", port, sizeof port);
+        cli_json_field(p, oe, "age_ms", ms, sizeof ms);
+        cli_json_field(p, oe, "chunks", chunks, sizeof chunks);
+        cli_json_field(p, oe, "manifests", manifests, sizeof manifests);
+        cli_json_field(p, oe, "source", src, sizeof src);
         if (!strcmp(key, "null"))
             snprintf(key, sizeof key, "?");
         else

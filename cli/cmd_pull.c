@@ -28,30 +28,10 @@ static const char usage[] =
 #define LINE_MAX_BYTES  (1u << 20)
 #define IDLE_TIMEOUT_MS 60000 /* the daemon reports several times a second */
 
-/* The value after "key": within [obj, end) (numbers, strings, true/false/null). The daemon's
- * lines are flat inside each source object. */
-static const char *field(const char *obj, const char *end, const char *key, char *out, size_t cap)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\": ", key);
-    out[0] = '\0';
-    const char *p = strstr(obj, pat);
-    if (!p || p >= end) return out;
-    p += strlen(pat);
-    if (*p == '"') p++;
-    size_t k = 0;
-    while (p < end && *p && *p != '"' && *p != ',' && *p != '}' && k + 1 < cap) {
-        if (*p == '\\' && p + 1 < end) p++;
-        out[k++] = *p++;
-    }
-    out[k] = '\0';
-    return out;
-}
-
 static uint64_t num(const char *obj, const char *end, const char *key)
 {
     char v[32];
-    return strtoull(field(obj, end, key, v, sizeof v), NULL, 10);
+    return strtoull(cli_json_field(obj, end, key, v, sizeof v), NULL, 10);
 }
 
 /* Calls fn for each object of the "sources" array of line. */
@@ -121,7 +101,7 @@ static void source_progress(const char *o, const char *e, void *arg)
 {
     view *v = arg;
     char key[80], b[32];
-    field(o, e, "key", key, sizeof key);
+    cli_json_field(o, e, "key", key, sizeof key);
     key[8] = '\0';
     if (v->len + 64 < sizeof v->line)
         v->len += (size_t)snprintf(v->line + v->len, sizeof v->line - v->len, "  %s %s", key,
@@ -132,7 +112,7 @@ static void show_progress(view *v, const char *line, const char *end)
 {
     if (!v->prog.enabled) return;
     char phase[32];
-    field(line, end, "phase", phase, sizeof phase);
+    cli_json_field(line, end, "phase", phase, sizeof phase);
     if (strcmp(phase, "fetch") != 0) {
         fprintf(stderr, "\r\033[Kpull: %s", phase);
         v->prog.shown = true;
@@ -158,10 +138,10 @@ static void source_report(const char *o, const char *e, void *arg)
 {
     (void)arg;
     char key[80], addr[80], state[16], b[32];
-    field(o, e, "key", key, sizeof key);
+    cli_json_field(o, e, "key", key, sizeof key);
     key[16] = '\0';
-    field(o, e, "address", addr, sizeof addr);
-    field(o, e, "state", state, sizeof state);
+    cli_json_field(o, e, "address", addr, sizeof addr);
+    cli_json_field(o, e, "state", state, sizeof state);
     printf("  from %s %-21s %8llu chunks %10s  %llu failed, %llu not held%s\n", key, addr,
            (unsigned long long)num(o, e, "chunks"), cli_bytes(num(o, e, "bytes"), b),
            (unsigned long long)num(o, e, "failures"), (unsigned long long)num(o, e, "not_held"),
@@ -171,7 +151,7 @@ static void source_report(const char *o, const char *e, void *arg)
 static void final_report(const char *line, const char *end)
 {
     char id[80], b[32];
-    field(line, end, "id", id, sizeof id);
+    cli_json_field(line, end, "id", id, sizeof id);
     uint64_t ms = num(line, end, "ms");
     printf("pulled %.16s in %.1f s: %llu chunks (%s) fetched, %llu of %llu held already, "
            "%llu failed\n",
@@ -248,7 +228,7 @@ int cmd_pull(int argc, char **argv)
             if (!strncmp(buf, "{\"error\"", 8)) {
                 cli_progress_end(&v.prog);
                 if (co.json) printf("%s\n", buf);
-                cli_error(argv[0], "%s", field(buf, end, "error", msg, sizeof msg));
+                cli_error(argv[0], "%s", cli_json_field(buf, end, "error", msg, sizeof msg));
                 ended = true;
             } else if (!strncmp(buf, "{\"done\"", 7)) {
                 cli_progress_end(&v.prog);

@@ -20,7 +20,6 @@ static const char usage[] =
     "  --home DIR       the node home\n";
 
 /* In cmd_vm_import.c: the per-image table and the overlay line. */
-void cli_print_import_report(const node_import_report *r);
 
 int cmd_vm_capture(int argc, char **argv)
 {
@@ -65,16 +64,7 @@ int cmd_vm_capture(int argc, char **argv)
         cli_error(argv[0], "%s", err[0] ? err : node_strerror(rc));
         goto out;
     }
-    char hex[CS_ID_HEX + 1];
-    cs_id_to_hex(&id, hex);
-    if (co.json) {
-        char *json = node_import_report_json(&r, &id, o.name);
-        printf("%s\n", json ? json : "{}");
-        free(json);
-    } else {
-        cli_print_import_report(&r);
-        printf("%s\n", hex);
-    }
+    cli_print_import(&co, &r, &id, o.name);
     node_import_report_free(&r);
     status = CLI_OK;
 out:

@@ -30,8 +30,7 @@ static const char usage[] =
     "  --json           the report as JSON\n"
     "  --home DIR       the node home\n";
 
-void cli_print_import_report(const node_import_report *r);
-void cli_print_import_report(const node_import_report *r)
+static void print_report(const node_import_report *r)
 {
     printf("%-22s %10s %10s %10s %10s %10s %10s %10s\n", "image", "length", "chunks", "zero",
            "as-parent", "dedup", "delta", "new");
@@ -51,6 +50,20 @@ void cli_print_import_report(const node_import_report *r)
     else
         printf("no parent: a node needs the whole VM; %s added to this store\n",
                cli_bytes(r->stored_bytes, b));
+}
+
+void cli_print_import(const cli_common *co, const node_import_report *r, const cs_id *id,
+                      const char *name)
+{
+    if (co->json) {
+        char *json = node_import_report_json(r, id, name);
+        printf("%s\n", json ? json : "{}");
+        free(json);
+        return;
+    }
+    char hex[CS_ID_HEX + 1];
+    print_report(r);
+    printf("%s\n", cs_id_to_hex(id, hex));
 }
 
 int cmd_vm_import(int argc, char **argv)
@@ -99,16 +112,7 @@ int cmd_vm_import(int argc, char **argv)
         cli_error(argv[0], "%s", err[0] ? err : node_strerror(rc));
         goto out;
     }
-    char hex[CS_ID_HEX + 1];
-    cs_id_to_hex(&id, hex);
-    if (co.json) {
-        char *json = node_import_report_json(&r, &id, o.name);
-        printf("%s\n", json ? json : "{}");
-        free(json);
-    } else {
-        cli_print_import_report(&r);
-        printf("%s\n", hex);
-    }
+    cli_print_import(&co, &r, &id, o.name);
     node_import_report_free(&r);
     status = CLI_OK;
 out:

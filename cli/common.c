@@ -178,3 +178,23 @@ void cli_progress_end(cli_progress *p)
     if (p->shown) fputs("\r\033[K", stderr);
     p->shown = false;
 }
+
+const char *cli_json_field(const char *obj, const char *end, const char *key, char *out,
+                           size_t cap)
+{
+    if (!end) end = obj + strlen(obj);
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    out[0] = '\0';
+    const char *p = strstr(obj, pat);
+    if (!p || p >= end) return out;
+    p += strlen(pat);
+    if (*p == '"') p++;
+    size_t k = 0;
+    while (p < end && *p && *p != '"' && *p != ',' && *p != '}' && k + 1 < cap) {
+        if (*p == '\\' && p + 1 < end) p++;
+        out[k++] = *p++;
+    }
+    out[k] = '\0';
+    return out;
+}
