@@ -40,7 +40,7 @@ static void help(FILE *f)
         char name[32];
         snprintf(name, sizeof name, "%s%s%s", commands[i].group, commands[i].verb ? " " : "",
                  commands[i].verb ? commands[i].verb : "");
-        fprintf(f, "  %-14s %s\n", name, commands[i].summary);
+        fprintf(f, "  %-16s %s\n", name, commands[i].summary);
     }
     fprintf(f, "\nEvery command takes --home DIR and --help. See `cloudlet COMMAND --help`.\n");
 }
