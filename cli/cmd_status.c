@@ -32,10 +32,15 @@ int cmd_status(int argc, char **argv)
                cli_json_field(reply, NULL, "pid", b, sizeof b),
                cli_json_field(reply, NULL, "uptime_s", d, sizeof d));
         printf("home               %s\n", cli_json_field(reply, NULL, "home", a, sizeof a));
-        printf("listen             %s (discovery %s)\n",
-               cli_json_field(reply, NULL, "listen", a, sizeof a),
-               !strcmp(cli_json_field(reply, NULL, "discovery", b, sizeof b), "true") ? "on"
-                                                                                      : "off");
+        printf("node key           %s\n", cli_json_field(reply, NULL, "node_key", a, sizeof a));
+        if (!strcmp(cli_json_field(reply, NULL, "fleet", a, sizeof a), "true"))
+            printf("fleet              yes: peers on %s (discovery %s)\n",
+                   cli_json_field(reply, NULL, "listen", a, sizeof a),
+                   !strcmp(cli_json_field(reply, NULL, "discovery", b, sizeof b), "true") ? "on"
+                                                                                          : "off");
+        else
+            printf("fleet              none: this node runs alone (join one with `cloudlet init "
+                   "--fleet-key FILE`)\n");
         printf(
             "store              %s chunks, %s logical, %s stored\n",
             cli_json_field(reply, NULL, "chunks", a, sizeof a),

@@ -161,6 +161,9 @@ status_shows_the_node_key_and_whether_the_node_is_in_a_fleet() {
     for _ in $(seq 100); do cl status --home "$H" --json >"$T/s.json" 2>/dev/null && break; sleep 0.05; done
     [ "$(json_get "$T/s.json" node_key)" = "\"$(cat "$H/node.pub")\"" ] || fail "status: $(cat "$T/s.json")"
     [ "$(json_get "$T/s.json" fleet)" = false ] || fail "status: $(cat "$T/s.json")"
+    cl status --home "$H" >"$T/s.txt"
+    grep -q "^fleet  *none: this node runs alone" "$T/s.txt" || fail "status: $(cat "$T/s.txt")"
+    grep -q "^node key  *$(cat "$H/node.pub")$" "$T/s.txt" || fail "status: $(cat "$T/s.txt")"
     grep -q "no fleet key: this node runs alone" "$T/log" || fail "log: $(cat "$T/log")"
     grep -q "node key $(cat "$H/node.pub")" "$T/log" || fail "log: $(cat "$T/log")"
     kill -TERM "$pid"
@@ -172,6 +175,9 @@ status_shows_the_node_key_and_whether_the_node_is_in_a_fleet() {
     "$CLOUDLETD" --home "$H"
     cl status --home "$H" --json >"$T/s.json"
     [ "$(json_get "$T/s.json" fleet)" = true ] || fail "status: $(cat "$T/s.json")"
+    cl status --home "$H" >"$T/s.txt"
+    grep -q "^fleet  *yes: peers on 127.0.0.1:[1-9][0-9]* (discovery off)$" "$T/s.txt" ||
+        fail "status: $(cat "$T/s.txt")"
     [ "$(json_get "$T/s.json" node_key)" = "\"$(cat "$H/node.pub")\"" ] || fail "status: $(cat "$T/s.json")"
 }
 
