@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what cloudlet needs on Debian 12, and nothing when it is all there already.
-# Usage: deploy/install-deps.sh [build|test]   (test adds what the test suite needs)
+# Usage: deploy/install-deps.sh [build|test|slow]   (test adds what the test suite needs; slow
+# adds clang for the slow tier's fuzzing)
 set -euo pipefail
 want=${1:-build}
 
 pkgs=(build-essential cmake pkg-config libuv1-dev libsodium-dev liblmdb-dev libzstd-dev
       libvirt-dev e2fsprogs)
-if [ "$want" = test ]; then
+if [ "$want" = test ] || [ "$want" = slow ]; then
     # The VM tests: QEMU, libvirt's daemon with its QEMU driver (libvirt-daemon-system also
     # makes the libvirt-qemu user QEMU runs as), virsh, and what tests/vm/build-guest.sh
     # builds the test guest with (busybox-static, cpio, kmod; the kernel is fetched with
@@ -14,6 +15,9 @@ if [ "$want" = test ]; then
     pkgs+=(python3 util-linux qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu
            libvirt-clients busybox-static cpio kmod
            iproute2 iptables)  # the network-namespace tests (ip netns, veth, bridge; loss)
+fi
+if [ "$want" = slow ]; then
+    pkgs+=(clang)  # libFuzzer
 fi
 
 missing=()

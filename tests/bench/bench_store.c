@@ -80,6 +80,7 @@ struct ingest {
 static bool tty;
 static const char *tmpdir; /* removed on an error too: it holds a --size input file */
 
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
 {
     va_list ap;

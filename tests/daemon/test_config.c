@@ -64,8 +64,8 @@ static void errors_name_the_line_and_change_nothing(void)
     node_config_defaults(&c);
     const char *bad[] = {"listen = 1.2.3.4\n", "peer = 1.2.3.4:0\n", "listen = 1.2.3.4:70000\n",
                          "peer = 1.2.3.4:5 cloudlet-node-key:00\n",
-                         "peer = 1.2.3.4:5 cloudlet-fleet-key:"
-                         "0000000000000000000000000000000000000000000000000000000000000000\n",
+                         ("peer = 1.2.3.4:5 cloudlet-fleet-key:"
+                          "0000000000000000000000000000000000000000000000000000000000000000\n"),
                          "max_peers = -1\n", "max_peers = 0\n", "discovery = maybe\n",
                          "log_level = loud\n", "control_socket = relative\n", "rate_total = 5T\n",
                          "listen\n", "= 5\n"};

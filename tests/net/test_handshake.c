@@ -223,7 +223,6 @@ static void channel_carries_messages_across_rekeys(void)
     net_channel x, y;
     channel_pair(&x, &y);
     static uint8_t payload[70000], frame[70000 + 32], out[70000 + 32];
-    uint64_t total = 0;
     for (uint32_t i = 0; i < 3 * NET_REKEY_MESSAGES + 10; i++) {
         size_t len = (i * 7919u) % 2000u;
         if (i % 500 == 0) len = sizeof payload; /* some large ones, to reach the byte rule */
@@ -236,7 +235,6 @@ static void channel_carries_messages_across_rekeys(void)
         CHECK_EQ(type, 0x20);
         CHECK_EQ(plen, len);
         CHECK_MEM(out + 1, payload, len);
-        total += len;
     }
     CHECK_EQ(x.tx_rekeys, 3);
     CHECK_EQ(y.rx_rekeys, 3);
