@@ -261,6 +261,54 @@ PY
     fi
 }
 
+junk_connections_do_not_stop_a_pull() {
+    setup $((16 << 20))
+    start c
+    # 1,000 connections from ten other local addresses, at most 100 open at once, each sending
+    # what an outsider can: bytes of the size of a handshake initiation, or a huge length prefix,
+    # or nothing at all. Bounded in count and time.
+    python3 - "$PORT_a" >"$T/junk.out" 2>&1 <<'PY' &
+import os, socket, sys, time
+port, made, connected, open_ = int(sys.argv[1]), 0, 0, []
+deadline = time.time() + 60
+while made < 1000 and time.time() < deadline:
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.bind(("127.0.0.%d" % (5 + made % 10), 0))
+        s.connect(("127.0.0.1", port))
+        connected += 1
+        kind = made % 3
+        if kind == 0: s.sendall((128).to_bytes(4, "big") + os.urandom(128))
+        elif kind == 1: s.sendall(b"\xff\xff\xff\xff" + os.urandom(64))
+    except OSError:
+        pass
+    made += 1
+    if made == 200: print("under way", flush=True)
+    open_.append(s)
+    if len(open_) >= 100:
+        for o in open_: o.close()
+        open_ = []
+for o in open_: o.close()
+print("junk connections made:", made, "connected:", connected)
+PY
+    local junk=$!
+    for _ in $(seq 200); do grep -q "under way" "$T/junk.out" && break; sleep 0.05; done
+    cl pull --home "$T/c" "$FILE_ID" --peer "127.0.0.1:$PORT_a" --json >"$T/pull.json" 2>"$T/pull.err" ||
+        fail "pull under junk: $(cat "$T/pull.err")"
+    wait "$junk"
+    grep -Eq "junk connections made: 1000 connected: (9[0-9][0-9]|1000)$" "$T/junk.out" ||
+        fail "junk: $(cat "$T/junk.out")"
+    [ "$(json_get "$T/pull.json" '["chunks_fetched"]')" = 4096 ] || fail "$(cat "$T/pull.json")"
+    check_pulled
+    # The source is still serving after the junk: b pulls from it too.
+    cl store rm --home "$T/c" "$FILE_ID" >/dev/null
+    cl store gc --home "$T/c" >/dev/null
+    cl pull --home "$T/c" "$FILE_ID" --peer "127.0.0.1:$PORT_a" >/dev/null 2>"$T/pull.err" ||
+        fail "pull after junk: $(cat "$T/pull.err")"
+    check_pulled
+}
+
 an_unknown_manifest_is_a_clear_error() {
     setup 65536
     start c
