@@ -301,7 +301,7 @@ PY
         fail "junk: $(cat "$T/junk.out")"
     [ "$(json_get "$T/pull.json" '["chunks_fetched"]')" = 4096 ] || fail "$(cat "$T/pull.json")"
     check_pulled
-    # The source is still serving after the junk: b pulls from it too.
+    # The source still serves once the junk is over: c pulls it again.
     cl store rm --home "$T/c" "$FILE_ID" >/dev/null
     cl store gc --home "$T/c" >/dev/null
     cl pull --home "$T/c" "$FILE_ID" --peer "127.0.0.1:$PORT_a" >/dev/null 2>"$T/pull.err" ||
