@@ -63,6 +63,10 @@ char *cli_control_request(const char *cmd, const cli_common *common, const char 
 const char *cli_json_field(const char *obj, const char *end, const char *key, char *out,
                            size_t cap);
 
+/* The short form of a node key as the daemon writes it ("cloudlet-node-key:<hex>"): its first
+ * `digits` hex digits, in out (digits + 1 bytes). Returns out. */
+const char *cli_key_short(const char *key, size_t digits, char *out);
+
 /* The end of `cloudlet vm import` and `vm capture`: the report then the id, or with --json the
  * report as one JSON object holding the id. */
 struct node_import_report;

@@ -1,5 +1,6 @@
 /* cmd_peers.c — `cloudlet peers`: the nodes of the fleet the daemon knows (docs/discovery.md). */
 #include "cli.h"
+#include "node.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +64,7 @@ int cmd_peers(int argc, char **argv)
         if (n++ == 0)
             printf("%-14s %-24s %5s  %-13s %10s %9s  %s\n", "NODE", "ADDRESS", "PORT",
                    "LAST BEACON", "CHUNKS", "MANIFESTS", "SOURCE");
-        char key[80], addr[256], port[16], ms[32], when[32], chunks[32], manifests[32], src[16];
+        char key[NODE_KEY_TEXT], shortkey[13], addr[256], port[16], ms[32], when[32], chunks[32], manifests[32], src[16];
         cli_json_field(p, oe, "key", key, sizeof key);
         cli_json_field(p, oe, "address", addr, sizeof addr);
         cli_json_field(p, oe, "port", port, sizeof port);
@@ -72,10 +73,10 @@ int cmd_peers(int argc, char **argv)
         cli_json_field(p, oe, "manifests", manifests, sizeof manifests);
         cli_json_field(p, oe, "source", src, sizeof src);
         if (!strcmp(key, "null"))
-            snprintf(key, sizeof key, "?");
+            snprintf(shortkey, sizeof shortkey, "?");
         else
-            key[12] = '\0'; /* the short form: 48 bits */
-        printf("%-14s %-24s %5s  %-13s %10s %9s  %s\n", key, addr, port, age(ms, when),
+            cli_key_short(key, 12, shortkey); /* 48 bits */
+        printf("%-14s %-24s %5s  %-13s %10s %9s  %s\n", shortkey, addr, port, age(ms, when),
                chunks[0] ? chunks : "-", manifests[0] ? manifests : "-", src);
         p = oe + 1;
         if (*p == ',') p++;

@@ -100,11 +100,11 @@ typedef struct view {
 static void source_progress(const char *o, const char *e, void *arg)
 {
     view *v = arg;
-    char key[80], b[32];
+    char key[NODE_KEY_TEXT], shortkey[9], b[32];
     cli_json_field(o, e, "key", key, sizeof key);
-    key[8] = '\0';
+    cli_key_short(key, 8, shortkey);
     if (v->len + 64 < sizeof v->line)
-        v->len += (size_t)snprintf(v->line + v->len, sizeof v->line - v->len, "  %s %s", key,
+        v->len += (size_t)snprintf(v->line + v->len, sizeof v->line - v->len, "  %s %s", shortkey,
                                    cli_bytes(num(o, e, "bytes"), b));
 }
 
@@ -137,12 +137,12 @@ static void show_progress(view *v, const char *line, const char *end)
 static void source_report(const char *o, const char *e, void *arg)
 {
     (void)arg;
-    char key[80], addr[80], state[16], b[32];
+    char key[NODE_KEY_TEXT], shortkey[17], addr[80], state[16], b[32];
     cli_json_field(o, e, "key", key, sizeof key);
-    key[16] = '\0';
+    cli_key_short(key, 16, shortkey);
     cli_json_field(o, e, "address", addr, sizeof addr);
     cli_json_field(o, e, "state", state, sizeof state);
-    printf("  from %s %-21s %8llu chunks %10s  %llu failed, %llu not held%s\n", key, addr,
+    printf("  from %s %-21s %8llu chunks %10s  %llu failed, %llu not held%s\n", shortkey, addr,
            (unsigned long long)num(o, e, "chunks"), cli_bytes(num(o, e, "bytes"), b),
            (unsigned long long)num(o, e, "failures"), (unsigned long long)num(o, e, "not_held"),
            !strcmp(state, "gone") ? " (gone)" : "");

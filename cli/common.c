@@ -198,3 +198,13 @@ const char *cli_json_field(const char *obj, const char *end, const char *key, ch
     out[k] = '\0';
     return out;
 }
+
+const char *cli_key_short(const char *key, size_t digits, char *out)
+{
+    const char *colon = strchr(key, ':');
+    const char *hex = colon ? colon + 1 : key;
+    size_t n = strlen(hex) < digits ? strlen(hex) : digits;
+    memcpy(out, hex, n);
+    out[n] = '\0';
+    return out;
+}

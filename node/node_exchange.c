@@ -560,13 +560,13 @@ static void json_sources(FILE *f, node__pull *p)
     fputs("\"sources\": [", f);
     for (unsigned i = 0; i < p->nsrc; i++) {
         xsource *s = &p->src[i];
-        char hex[2 * NET_KEY_BYTES + 1], addr[100];
-        sodium_bin2hex(hex, sizeof hex, s->pk, NET_KEY_BYTES);
+        char key[NODE_KEY_TEXT], addr[100];
+        node_key_encode(NODE_KEY_NODE_PUBLIC, s->pk, key);
         snprintf(addr, sizeof addr, "%s:%d", s->ip, s->port);
         uint64_t inflight = p->plan && s->in_plan ? node_plan_peer_inflight(p->plan, i) : 0;
         uint64_t timeouts =
             p->plan && s->in_plan ? node_plan_peer_failures(p->plan, i) - s->bad_chunks : 0;
-        fprintf(f, "%s{\"key\": \"%s\", \"address\": ", i ? ", " : "", hex);
+        fprintf(f, "%s{\"key\": \"%s\", \"address\": ", i ? ", " : "", key);
         node__json_str(f, addr);
         fprintf(f,
                 ", \"state\": \"%s\", \"chunks\": %llu, \"bytes\": %llu, \"wire_bytes\": %llu, "

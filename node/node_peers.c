@@ -545,9 +545,9 @@ const node__peer_table *node__discovery_table(node_daemon *d)
 
 static void json_peer(FILE *f, const node__discovery *s, const node__peer *p, uint64_t now)
 {
-    char hex[2 * NET_KEY_BYTES + 1];
-    sodium_bin2hex(hex, sizeof hex, p->pk, NET_KEY_BYTES);
-    fprintf(f, "{\"key\": \"%s\", \"address\": ", hex);
+    char key[NODE_KEY_TEXT];
+    fprintf(f, "{\"key\": \"%s\", \"address\": ",
+            node_key_encode(NODE_KEY_NODE_PUBLIC, p->pk, key));
     node__json_str(f, p->ip);
     fprintf(f,
             ", \"port\": %u, \"source\": \"%s\", \"heard\": true, \"age_ms\": %llu, "

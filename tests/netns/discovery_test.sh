@@ -64,7 +64,8 @@ home() {
     local name=$1; shift
     "$CLOUDLET" init --home "$T/$name" "$@" >/dev/null
 }
-key_of() { sed 's/^[^:]*://' "$T/$1/node.pub" | tr -d '\n'; }
+key_of() { tr -d '\n' <"$T/$1/node.pub"; }
+short() { local hex=${1#*:}; echo "${hex:0:12}"; } # the short form tables and logs show
 
 # start NAME: cloudletd for home NAME in namespace cl$ID-NAME; returns once it serves.
 start() {
@@ -165,7 +166,7 @@ import json, sys
 assert (b["chunks"], b["manifests"], b["address"], b["source"]) == (16, 1, "198.18.0.2", "lan"), b
 PY
     "$CLOUDLET" status --home "$T/a" >/dev/null || fail "cloudlet status"
-    "$CLOUDLET" peers --home "$T/a" | grep -q "^${B:0:12} .*198\.18\.0\.2 .* lan$" ||
+    "$CLOUDLET" peers --home "$T/a" | grep -q "^$(short "$B") .*198\.18\.0\.2 .* lan$" ||
         fail "table: $("$CLOUDLET" peers --home "$T/a")"
 }
 
@@ -325,7 +326,7 @@ a_restarted_node_is_heard_again_at_once() {
     until_listed b $((t0 + 3000)) "$A"
     took=$(($(now_ms) - t0))
     echo "a restarted node was listed again with its new instance after $took ms"
-    grep -q "peer ${B:0:12} at 198.18.0.2:7420 restarted" "$T/a.log" || fail "no restart in a's log"
+    grep -q "peer $(short "$B") at 198.18.0.2:7420 restarted" "$T/a.log" || fail "no restart in a's log"
     [ "$(counter a replayed)" = 0 ] || fail "a counted replays: $(cat "$T/a.peers.json")"
 }
 

@@ -78,7 +78,7 @@ check_pulled() {
 # source_field JSON INDEX FIELD
 source_field() { json_get "$1" "[\"sources\"][$2][\"$3\"]"; }
 source_index() { # the index of the source with NAME's key in the report
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); k=sys.argv[2].split(":")[1]; print([s["key"] for s in d["sources"]].index(k))' "$1" "$(key_of "$2")"
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); k=sys.argv[2]; print([s["key"] for s in d["sources"]].index(k))' "$1" "$(key_of "$2")"
 }
 
 pull_fetches_everything_from_both_sources() {
