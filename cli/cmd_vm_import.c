@@ -18,7 +18,8 @@ static const char usage[] =
     "A damaged or truncated save file is refused with the byte offset where it goes wrong, and\n"
     "nothing is stored.\n\n"
     "With --parent (the base VM), the manifest records only the chunks that differ from the\n"
-    "parent, and the report says for each image how many chunks are zero, the same as the\n"
+    "parent, and the report says for each image how many chunks are zero (of those, zeroed:\n"
+    "data in the parent, freed since by TRIM or init_on_free), the same as the\n"
     "parent's at the same place, already held elsewhere (base disk, base memory, itself),\n"
     "delta-encodable against the parent's chunk at the same place, or new; and the overlay\n"
     "bytes: what a node that holds the parent would need.\n\n"
@@ -32,14 +33,15 @@ static const char usage[] =
 
 static void print_report(const node_import_report *r)
 {
-    printf("%-22s %10s %10s %10s %10s %10s %10s %10s\n", "image", "length", "chunks", "zero",
-           "as-parent", "dedup", "delta", "new");
+    printf("%-22s %10s %10s %10s %10s %10s %10s %10s %10s\n", "image", "length", "chunks", "zero",
+           "zeroed", "as-parent", "dedup", "delta", "new");
     for (size_t i = 0; i < r->nimages; i++) {
         const node_image_report *x = &r->images[i];
         char len[32];
-        printf("%-22s %10s %10llu %10llu %10llu %10llu %10llu %10llu\n", x->name,
+        printf("%-22s %10s %10llu %10llu %10llu %10llu %10llu %10llu %10llu\n", x->name,
                cli_bytes(x->length, len), (unsigned long long)x->chunks,
-               (unsigned long long)x->zero, (unsigned long long)x->same_as_parent,
+               (unsigned long long)x->zero, (unsigned long long)x->zeroed,
+               (unsigned long long)x->same_as_parent,
                (unsigned long long)x->dedup, (unsigned long long)x->delta,
                (unsigned long long)x->fresh);
     }

@@ -68,6 +68,8 @@ typedef struct node_image_report {
     uint64_t length;
     uint64_t chunks;         /* positions */
     uint64_t zero;           /* zero chunks (holes, TRIMmed blocks, freed pages) */
+    uint64_t zeroed;         /* of those, positions where the parent had data: what the guest
+                                freed since (TRIM on a discard='unmap' disk, init_on_free) */
     uint64_t same_as_parent; /* the parent has the same chunk at the same place */
     uint64_t dedup;          /* held elsewhere already: base disk, base memory, or itself */
     uint64_t delta;          /* new, and a zstd delta against the parent's chunk here is smaller */

@@ -65,7 +65,7 @@ static int classify(cs_store *st, const cs_image *im, const uint8_t *status, con
     for (uint64_t c = 0; c < im->nchunks && rc == 0; c++) {
         const cs_id *id = &im->chunks[c];
         const cs_id *pid = pim && c < pim->nchunks ? &pim->chunks[c] : &cs_zero_id;
-        if (cs_id_is_zero(id)) r->zero++;
+        if (cs_id_is_zero(id)) r->zero++, r->zeroed += !cs_id_is_zero(pid);
         else if (cs_id_equal(id, pid)) r->same_as_parent++;
         else if (status[c] != CS_CHUNK_NEW) r->dedup++;
         else if (cs_id_is_zero(pid)) r->fresh++;
@@ -346,10 +346,11 @@ char *node_import_report_json(const node_import_report *r, const cs_id *id, cons
         fprintf(f, "%s{\"name\": ", i ? ", " : "");
         node__json_str(f, x->name);
         fprintf(f, ", \"kind\": %u, \"length\": %llu, \"chunks\": %llu, "
-                   "\"zero\": %llu, \"same_as_parent\": %llu, \"dedup\": %llu, \"delta\": %llu, "
-                   "\"new\": %llu}",
+                   "\"zero\": %llu, \"zeroed\": %llu, \"same_as_parent\": %llu, \"dedup\": %llu, "
+                   "\"delta\": %llu, \"new\": %llu}",
                 x->kind, (unsigned long long)x->length,
                 (unsigned long long)x->chunks, (unsigned long long)x->zero,
+                (unsigned long long)x->zeroed,
                 (unsigned long long)x->same_as_parent, (unsigned long long)x->dedup,
                 (unsigned long long)x->delta, (unsigned long long)x->fresh);
     }

@@ -207,7 +207,7 @@ PY
 import json, sys
 r = json.load(open(sys.argv[1]))
 d = r["images"][0]
-want = {"chunks": 320, "zero": 64 - 1 + 4, "dedup": 1, "delta": 5, "new": 3 + 1,
+want = {"chunks": 320, "zero": 64 - 1 + 4, "zeroed": 4, "dedup": 1, "delta": 5, "new": 3 + 1,
         "same_as_parent": 256 - 5 - 3 - 1 - 4}
 got = {k: d[k] for k in want}
 assert got == want, (got, want)
