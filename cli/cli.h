@@ -63,6 +63,13 @@ char *cli_control_request(const char *cmd, const cli_common *common, const char 
 const char *cli_json_field(const char *obj, const char *end, const char *key, char *out,
                            size_t cap);
 
+/* Sends one request line to the local cloudletd and reads its answer in the streaming form
+ * (docs/control.md), calling on_line for each line (without its newline) until on_line returns
+ * a value >= 0, which is returned. Returns -1 after printing why when the daemon cannot be
+ * reached, stays silent for a minute, or closes first (or on SIGINT). */
+int cli_stream_request(const char *cmd, const cli_common *common, const char *request,
+                       int (*on_line)(const char *line, void *arg), void *arg);
+
 /* The short form of a node key as the daemon writes it ("cloudlet-node-key:<hex>"): its first
  * `digits` hex digits, in out (digits + 1 bytes). Returns out. */
 const char *cli_key_short(const char *key, size_t digits, char *out);
@@ -102,6 +109,8 @@ int cmd_overlay_import(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_peers(int argc, char **argv);
 int cmd_pull(int argc, char **argv);
+int cmd_replication(int argc, char **argv);
+int cmd_replicate(int argc, char **argv);
 int cmd_vm_import(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_manifest_show(int argc, char **argv);

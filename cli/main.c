@@ -14,6 +14,8 @@ static const struct {
     {"status", NULL, cmd_status, "ask the node's daemon how it is"},
     {"peers", NULL, cmd_peers, "list the nodes of the fleet the daemon knows"},
     {"pull", NULL, cmd_pull, "fetch a VM and every chunk this node lacks from its peers"},
+    {"replication", NULL, cmd_replication, "show how the fleet's nodes hold each VM's chunks"},
+    {"replicate", NULL, cmd_replicate, "have nodes pull a VM until each chunk is on K nodes"},
     {"ls", NULL, cmd_ls, "list the VMs and files in the store"},
     {"vm", "import", cmd_vm_import, "store a VM (disk, domain XML) as a manifest; print its id"},
     {"synth", NULL, cmd_synth, "rebuild a VM's files from the store alone"},

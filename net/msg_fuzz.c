@@ -1,7 +1,7 @@
 /*
  * Fuzz target: chunk exchange messages from untrusted bytes.
  *
- * The first input byte picks the message type (its value modulo the seven types of the
+ * The first input byte picks the message type (its value modulo the nine types of the
  * exchange), the rest is the payload. Whatever decodes must encode back to the same bytes (one
  * encoding per message), and a CHUNKS message either decompresses to exactly what it declared
  * or fails cleanly.
@@ -21,7 +21,7 @@ static void same(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1) return 0;
-    uint8_t type = (uint8_t)(NET_MSG_MANIFEST_GET + data[0] % 7);
+    uint8_t type = (uint8_t)(NET_MSG_MANIFEST_GET + data[0] % 9);
     const uint8_t *p = data + 1;
     size_t len = size - 1;
     net_msg m;
@@ -49,6 +49,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(buf);
         return 0;
     }
+    case NET_MSG_PULL_ASK: {
+        net_pull_source src[NET_PULL_SOURCES_MAX];
+        net_msg_pull_sources(&m, src);
+        rc = net_msg_encode_pull_ask(m.req, m.id, src, m.nsources, &out, &olen);
+        break;
+    }
+    case NET_MSG_PULL_DONE:
+        rc = net_msg_encode_pull_done(m.req, m.ok, m.chunks, (const char *)m.text, m.text_len,
+                                      &out, &olen);
+        break;
     default: rc = net_msg_encode_ids(type, m.req, m.ids, m.n, &out, &olen); break;
     }
     if (rc != 0) abort();

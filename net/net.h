@@ -363,6 +363,8 @@ enum {
     NET_MSG_GET = 0x24,          /* request id, ids: send these chunks */
     NET_MSG_CHUNKS = 0x25,       /* request id, ids, one zstd frame of their bytes */
     NET_MSG_DONT_HAVE = 0x26,    /* request id, ids: of those asked, these are not held */
+    NET_MSG_PULL_ASK = 0x27,     /* request id, manifest id, sources: pull this manifest */
+    NET_MSG_PULL_DONE = 0x28,    /* request id, ok, chunks fetched, text: how that pull ended */
 };
 
 #define NET_ID_BYTES 32u             /* a chunk or manifest id (BLAKE2b-256) */
@@ -371,6 +373,15 @@ enum {
 #define NET_GET_MAX 128u             /* ids in one GET, CHUNKS or DONT_HAVE */
 #define NET_MANIFEST_PART_MAX (NET_PAYLOAD_MAX - 49u) /* manifest bytes in one MANIFEST */
 #define NET_MANIFEST_TOTAL_MAX (256u << 20) /* a manifest longer than this is refused */
+#define NET_PULL_SOURCES_MAX 16u     /* nodes named in one PULL_ASK */
+#define NET_PULL_TEXT_MAX 512u       /* bytes of text in one PULL_DONE */
+
+/* A node a PULL_ASK names to pull from: its static key and where it listens. */
+typedef struct net_pull_source {
+    uint8_t key[NET_KEY_BYTES];
+    char host[256]; /* 1..255 bytes, no NUL */
+    uint16_t port;
+} net_pull_source;
 
 /* One decoded exchange message. Pointers point into the decoded payload and are valid as long
  * as it is. Which fields are set depends on type (docs/protocol.md). */
@@ -388,6 +399,15 @@ typedef struct net_msg {
                                  MANIFEST_GET: the offset asked for */
     const uint8_t *part;      /* MANIFEST: bytes [offset, offset + part_len) of the manifest */
     size_t part_len;
+    /* PULL_ASK: id is the manifest; nsources sources encoded at src (net_msg_pull_sources) */
+    uint32_t nsources;
+    const uint8_t *src;
+    size_t src_len;
+    /* PULL_DONE */
+    bool ok;
+    uint64_t chunks;
+    const uint8_t *text; /* text_len bytes (not NUL-terminated) */
+    size_t text_len;
 } net_msg;
 
 /* Decodes the payload of a message of the given type, a pure function of the bytes. 0 and *out,
@@ -413,6 +433,15 @@ int net_msg_encode_ids(uint8_t type, uint32_t req, const uint8_t *ids, uint32_t 
                        size_t *len) NET_WUR;
 int net_msg_encode_bitmap(uint32_t req, uint32_t nbits, const uint8_t *bitmap, uint8_t **out,
                           size_t *len) NET_WUR;
+/* PULL_ASK: the manifest and n (<= NET_PULL_SOURCES_MAX) nodes to pull it from. */
+int net_msg_encode_pull_ask(uint32_t req, const uint8_t id[NET_ID_BYTES],
+                            const net_pull_source *src, uint32_t n, uint8_t **out,
+                            size_t *len) NET_WUR;
+/* PULL_DONE: text_len <= NET_PULL_TEXT_MAX. */
+int net_msg_encode_pull_done(uint32_t req, bool ok, uint64_t chunks, const char *text,
+                             size_t text_len, uint8_t **out, size_t *len) NET_WUR;
+/* The sources of a decoded PULL_ASK into out (m->nsources entries). */
+void net_msg_pull_sources(const net_msg *m, net_pull_source *out);
 /* CHUNKS: n ids and their n * 4096 bytes, compressed together at zstd level. */
 int net_msg_encode_chunks(uint32_t req, const uint8_t *ids, uint32_t n, const void *chunks,
                           int level, uint8_t **out, size_t *len) NET_WUR;

@@ -112,6 +112,52 @@ static int decode_bitmap(const uint8_t *p, size_t len, net_msg *m)
     return 0;
 }
 
+/* PULL_ASK: req u32 || id[32] || n u8 || n x (key[32] || port u16 || hlen u8 || host[hlen]) */
+static int decode_pull_ask(const uint8_t *p, size_t len, net_msg *m)
+{
+    if (len < 4 + NET_ID_BYTES + 1) return NET_EFORMAT;
+    m->req = get32(p);
+    memcpy(m->id, p + 4, NET_ID_BYTES);
+    m->nsources = p[4 + NET_ID_BYTES];
+    if (m->nsources > NET_PULL_SOURCES_MAX) return NET_EFORMAT;
+    size_t at = 4 + NET_ID_BYTES + 1;
+    m->src = p + at;
+    for (uint32_t i = 0; i < m->nsources; i++) {
+        if (len - at < NET_KEY_BYTES + 3) return NET_EFORMAT;
+        uint8_t hlen = p[at + NET_KEY_BYTES + 2];
+        at += NET_KEY_BYTES + 3;
+        if (hlen == 0 || len - at < hlen || memchr(p + at, 0, hlen)) return NET_EFORMAT;
+        at += hlen;
+    }
+    m->src_len = at - (4 + NET_ID_BYTES + 1);
+    return at == len ? 0 : NET_EFORMAT;
+}
+
+/* PULL_DONE: req u32 || ok u8 || chunks u64 || text */
+static int decode_pull_done(const uint8_t *p, size_t len, net_msg *m)
+{
+    if (len < 13 || len - 13 > NET_PULL_TEXT_MAX || p[4] > 1) return NET_EFORMAT;
+    m->req = get32(p);
+    m->ok = p[4] == 1;
+    m->chunks = get64(p + 5);
+    m->text = p + 13;
+    m->text_len = len - 13;
+    return 0;
+}
+
+void net_msg_pull_sources(const net_msg *m, net_pull_source *out)
+{
+    const uint8_t *p = m->src;
+    for (uint32_t i = 0; i < m->nsources; i++) {
+        memcpy(out[i].key, p, NET_KEY_BYTES);
+        out[i].port = (uint16_t)(p[NET_KEY_BYTES] << 8 | p[NET_KEY_BYTES + 1]);
+        uint8_t hlen = p[NET_KEY_BYTES + 2];
+        memcpy(out[i].host, p + NET_KEY_BYTES + 3, hlen);
+        out[i].host[hlen] = '\0';
+        p += NET_KEY_BYTES + 3 + hlen;
+    }
+}
+
 int net_msg_decode(uint8_t type, const uint8_t *payload, size_t len, net_msg *out)
 {
     memset(out, 0, sizeof *out);
@@ -131,6 +177,8 @@ int net_msg_decode(uint8_t type, const uint8_t *payload, size_t len, net_msg *ou
     case NET_MSG_DONT_HAVE: rc = decode_ids(payload, len, out, false); break;
     case NET_MSG_CHUNKS: rc = decode_ids(payload, len, out, true); break;
     case NET_MSG_HAVE_BITMAP: rc = decode_bitmap(payload, len, out); break;
+    case NET_MSG_PULL_ASK: rc = decode_pull_ask(payload, len, out); break;
+    case NET_MSG_PULL_DONE: rc = decode_pull_done(payload, len, out); break;
     default: return -EINVAL;
     }
     if (rc) {
@@ -235,5 +283,47 @@ int net_msg_encode_chunks(uint32_t req, const uint8_t *ids, uint32_t n, const vo
     }
     *out = buf;
     *len = IDS_HEADER + idlen + z;
+    return 0;
+}
+
+int net_msg_encode_pull_ask(uint32_t req, const uint8_t id[NET_ID_BYTES],
+                            const net_pull_source *src, uint32_t n, uint8_t **out, size_t *len)
+{
+    if (n > NET_PULL_SOURCES_MAX) return -EINVAL;
+    size_t total = 4 + NET_ID_BYTES + 1;
+    for (uint32_t i = 0; i < n; i++) {
+        size_t h = strnlen(src[i].host, sizeof src[i].host);
+        if (h == 0 || h > 255) return -EINVAL;
+        total += NET_KEY_BYTES + 3 + h;
+    }
+    int rc = alloc_out(total, out, len);
+    if (rc) return rc;
+    uint8_t *p = *out;
+    put32(p, req);
+    memcpy(p + 4, id, NET_ID_BYTES);
+    p[4 + NET_ID_BYTES] = (uint8_t)n;
+    p += 4 + NET_ID_BYTES + 1;
+    for (uint32_t i = 0; i < n; i++) {
+        size_t h = strnlen(src[i].host, sizeof src[i].host);
+        memcpy(p, src[i].key, NET_KEY_BYTES);
+        p[NET_KEY_BYTES] = (uint8_t)(src[i].port >> 8);
+        p[NET_KEY_BYTES + 1] = (uint8_t)src[i].port;
+        p[NET_KEY_BYTES + 2] = (uint8_t)h;
+        memcpy(p + NET_KEY_BYTES + 3, src[i].host, h);
+        p += NET_KEY_BYTES + 3 + h;
+    }
+    return 0;
+}
+
+int net_msg_encode_pull_done(uint32_t req, bool ok, uint64_t chunks, const char *text,
+                             size_t text_len, uint8_t **out, size_t *len)
+{
+    if (text_len > NET_PULL_TEXT_MAX) return -EINVAL;
+    int rc = alloc_out(13 + text_len, out, len);
+    if (rc) return rc;
+    put32(*out, req);
+    (*out)[4] = ok ? 1 : 0;
+    put64(*out + 5, chunks);
+    if (text_len) memcpy(*out + 13, text, text_len);
     return 0;
 }

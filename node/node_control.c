@@ -43,7 +43,10 @@ typedef struct client {
 
 static void client_free(client *c)
 {
-    if (c->streaming && !c->stream_end) node__pull_detach(c->d, c);
+    if (c->streaming && !c->stream_end) {
+        node__pull_detach(c->d, c);
+        node__replication_detach(c->d, c);
+    }
     c->d->control_clients--;
     free(c->reply);
     free(c);
@@ -216,6 +219,45 @@ static bool start_pull(client *c, char *args)
     return true;
 }
 
+/* "replication [manifest id] [k]" and "replicate <manifest id> <k>": the streaming form
+ * (docs/replication.md). */
+static bool start_replication(client *c, char *args, bool replicate)
+{
+    cs_id id;
+    bool have_id = false, bad = false;
+    unsigned long k = 2;
+    int nk = 0;
+    for (char *t = strtok(args, " "); t; t = strtok(NULL, " ")) {
+        char *end;
+        if (!have_id && cs_id_from_hex(t, &id) == 0) {
+            have_id = true;
+        } else if (nk == 0 && (k = strtoul(t, &end, 10), *end == '\0' && end != t)) {
+            nk = 1;
+        } else {
+            bad = true;
+        }
+    }
+    if (bad || k < 1 || k > 64 || (replicate && (!have_id || !nk))) {
+        c->reply = strdup(replicate
+                              ? "{\"error\": \"usage: replicate <manifest id: 64 hex digits> <copies: 1..64>\"}\n"
+                              : "{\"error\": \"usage: replication [manifest id: 64 hex digits] [k: 1..64]\"}\n");
+        return false;
+    }
+    char err[NODE_ERRMSG] = "";
+    c->streaming = true;
+    int rc = node__replication_start(c->d, have_id ? &id : NULL, (unsigned)k, replicate,
+                                     stream_line, c, err);
+    if (rc) {
+        c->streaming = false;
+        char msg[2 * NODE_ERRMSG];
+        json_escape(err[0] ? err : node_strerror(rc), msg, sizeof msg);
+        c->reply = jsonf("{\"error\": \"%s\"}\n", msg);
+        return false;
+    }
+    uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+    return true;
+}
+
 static void dispatch(client *c, char *line)
 {
     c->answered = true;
@@ -231,6 +273,10 @@ static void dispatch(client *c, char *line)
         c->reply = strdup("{\"error\": \"cannot queue the request\"}\n");
     } else if (!strncmp(line, "pull ", 5)) {
         if (start_pull(c, line + 5)) return;
+    } else if (!strcmp(line, "replication") || !strncmp(line, "replication ", 12)) {
+        if (start_replication(c, line + 11, false)) return;
+    } else if (!strncmp(line, "replicate ", 10)) {
+        if (start_replication(c, line + 10, true)) return;
     } else if (!strcmp(line, "peers")) {
         c->reply = node__peers_json(c->d); /* the table lives on the loop: answered here */
     } else {

@@ -13,6 +13,7 @@ typedef struct node_daemon_opts {
 
 typedef struct node__discovery node__discovery;
 typedef struct node__exchange node__exchange;
+typedef struct node__repl node__repl;
 
 typedef struct node_daemon {
     uv_loop_t loop;
@@ -28,6 +29,7 @@ typedef struct node_daemon {
     unsigned control_clients;
     node__discovery *disc; /* beacons and the peer table; NULL when the node has none */
     node__exchange *xchg;  /* chunk exchange with peers; NULL for a node without a fleet key */
+    node__repl *repls;     /* replication views and replicate requests under way */
 } node_daemon;
 
 /* Reads the configuration and the keys (refusing key files others may read) and takes the
@@ -79,6 +81,23 @@ int node__pull_start(node_daemon *d, const cs_id *id, const char *peer, node__pu
 /* The requester arg goes away: its pull stops (what was stored stays) and fn is not called
  * again. */
 void node__pull_detach(node_daemon *d, void *arg);
+/* The same, pulling also from the nodes src names (a PULL_ASK's sources) besides the known
+ * peers. */
+int node__pull_start_from(node_daemon *d, const cs_id *id, const net_pull_source *src,
+                          unsigned n, node__pull_report_fn fn, void *arg, char err[NODE_ERRMSG]);
+/* The exchange's endpoint (to connect to peers), NULL without one or once stopping. */
+net_endpoint *node__exchange_endpoint(node_daemon *d);
+
+/* The replication view and replicate (node_replication.c, docs/replication.md). A view of
+ * manifest id (NULL: every manifest of the store) with threshold k, or (replicate) pulls until
+ * every chunk of id is on k nodes. Reports like a pull: lines now and then, then a last one
+ * ({"done": ...} or {"error": ...}). On error (err says why) fn never runs. */
+int node__replication_start(node_daemon *d, const cs_id *id, unsigned k, bool replicate,
+                            node__pull_report_fn fn, void *arg, char err[NODE_ERRMSG]);
+/* The requester arg goes away: its request stops and fn is not called again. */
+void node__replication_detach(node_daemon *d, void *arg);
+/* Ends every request (the daemon is stopping). */
+void node__replication_stop(node_daemon *d);
 
 typedef struct node__discovery_counters {
     uint64_t received, accepted; /* datagrams; beacons believed */

@@ -82,6 +82,8 @@ struct xconn {
     unsigned queued, working;
     outmsg *out_head, *out_tail;
     xsource *src; /* the pull source this outgoing connection serves, if any */
+    bool asked;   /* a peer asked this node to pull over it (PULL_ASK); its pull runs */
+    bool ask_seen;
 };
 
 struct node__exchange {
@@ -425,10 +427,13 @@ static void serve_request(xconn *xc, uint8_t type, const uint8_t *payload, size_
     serve_pump(xc);
 }
 
+static void serve_pull_ask(xconn *xc, const uint8_t *payload, size_t len);
+
 static void on_message(net_conn *c, uint8_t type, const uint8_t *payload, size_t len)
 {
     xconn *xc = net_conn_data(c);
     switch (type) {
+    case NET_MSG_PULL_ASK: serve_pull_ask(xc, payload, len); break;
     case NET_MSG_MANIFEST_GET:
     case NET_MSG_HAVE:
     case NET_MSG_GET: serve_request(xc, type, payload, len); break;
@@ -455,6 +460,10 @@ static void on_close(net_conn *c, int status)
 {
     xconn *xc = net_conn_data(c);
     xc->c = NULL;
+    if (xc->asked) {
+        xc->asked = false;
+        node__pull_detach(xc->x->d, xc); /* the asker went away: its pull stops */
+    }
     xsource *s = xc->src;
     if (s) {
         xc->src = NULL;
@@ -1706,8 +1715,25 @@ static int add_source(node__pull *p, const uint8_t pk[NET_KEY_BYTES], const char
     return 0;
 }
 
+static int pull_start(node_daemon *d, const cs_id *id, const char *peer,
+                      const net_pull_source *extra, unsigned nextra, node__pull_report_fn fn,
+                      void *arg, char err[NODE_ERRMSG]);
+
 int node__pull_start(node_daemon *d, const cs_id *id, const char *peer, node__pull_report_fn fn,
                      void *arg, char err[NODE_ERRMSG])
+{
+    return pull_start(d, id, peer, NULL, 0, fn, arg, err);
+}
+
+int node__pull_start_from(node_daemon *d, const cs_id *id, const net_pull_source *src,
+                          unsigned n, node__pull_report_fn fn, void *arg, char err[NODE_ERRMSG])
+{
+    return pull_start(d, id, NULL, src, n, fn, arg, err);
+}
+
+static int pull_start(node_daemon *d, const cs_id *id, const char *peer,
+                      const net_pull_source *extra, unsigned nextra, node__pull_report_fn fn,
+                      void *arg, char err[NODE_ERRMSG])
 {
     node__exchange *x = d->xchg;
     if (!x || x->stopping) {
@@ -1736,6 +1762,8 @@ int node__pull_start(node_daemon *d, const cs_id *id, const char *peer, node__pu
     for (unsigned i = 0; i < d->cfg.npeers && !rc; i++)
         if (d->cfg.peers[i].has_key)
             rc = add_source(p, d->cfg.peers[i].key, d->cfg.peers[i].host, d->cfg.peers[i].port);
+    for (unsigned i = 0; i < nextra && !rc; i++) /* named by a PULL_ASK */
+        rc = add_source(p, extra[i].key, extra[i].host, extra[i].port);
     if (rc) {
         free(p->src);
         free(p);
@@ -1782,4 +1810,69 @@ int node__pull_start(node_daemon *d, const cs_id *id, const char *peer, node__pu
     report(p, false);
     after_connect(p);
     return 0;
+}
+
+/* ---- pulls asked for by a peer (PULL_ASK, docs/replication.md) ------------------------------- */
+
+net_endpoint *node__exchange_endpoint(node_daemon *d)
+{
+    return d->xchg && !d->xchg->stopping ? d->xchg->ep : NULL;
+}
+
+static void send_pull_done(xconn *xc, bool ok, uint64_t chunks, const char *text)
+{
+    uint8_t *buf;
+    size_t len, tl = strlen(text) < NET_PULL_TEXT_MAX ? strlen(text) : NET_PULL_TEXT_MAX;
+    if (xc->c && net_msg_encode_pull_done(1, ok, chunks, text, tl, &buf, &len) == 0)
+        xconn_send(xc, NET_MSG_PULL_DONE, buf, len);
+}
+
+/* The last report of a pull a peer asked for: its outcome goes back as PULL_DONE. */
+static void asked_pull_report(const char *line, bool last, void *arg)
+{
+    xconn *xc = arg;
+    if (!last) return;
+    xc->asked = false;
+    bool ok = !strncmp(line, "{\"done\"", 7);
+    const char *f = strstr(line, "\"chunks_fetched\": ");
+    uint64_t chunks = f ? strtoull(f + strlen("\"chunks_fetched\": "), NULL, 10) : 0;
+    char text[NET_PULL_TEXT_MAX + 1] = "pulled";
+    const char *e = strstr(line, "{\"error\": \"");
+    if (!ok && e) {
+        e += strlen("{\"error\": \"");
+        size_t k = 0;
+        for (; *e && *e != '"' && k < NET_PULL_TEXT_MAX; e++) {
+            if (*e == '\\' && e[1]) e++;
+            text[k++] = *e;
+        }
+        text[k] = '\0';
+    }
+    send_pull_done(xc, ok, chunks, text);
+}
+
+static void serve_pull_ask(xconn *xc, const uint8_t *payload, size_t len)
+{
+    if (net_conn_role(xc->c) != NET_ROLE_PEER) {
+        net_conn_abort(xc->c, NET_EROLE); /* only nodes of the fleet may ask */
+        return;
+    }
+    net_msg m;
+    if (net_msg_decode(NET_MSG_PULL_ASK, payload, len, &m) != 0 || m.req != 1 || xc->ask_seen) {
+        net_conn_abort(xc->c, NET_EFORMAT); /* one ask per connection */
+        return;
+    }
+    xc->ask_seen = true;
+    net_pull_source src[NET_PULL_SOURCES_MAX];
+    net_msg_pull_sources(&m, src);
+    cs_id id;
+    memcpy(id.b, m.id, CS_ID_BYTES);
+    char err[NODE_ERRMSG] = "", hex[CS_ID_HEX + 1], k[13];
+    node_log(NODE_LOG_INFO, "peer %s asks this node to pull %s",
+             short_hex(net_conn_peer_key(xc->c), k), cs_id_to_hex(&id, hex));
+    xc->asked = true;
+    int rc = node__pull_start_from(xc->x->d, &id, src, m.nsources, asked_pull_report, xc, err);
+    if (rc) {
+        xc->asked = false;
+        send_pull_done(xc, false, 0, err[0] ? err : node_strerror(rc));
+    }
 }
