@@ -51,6 +51,9 @@ cs_store *cli_open_store(const char *cmd, const cli_common *common, bool write);
 /* Resolves a manifest id in hex or a name. Prints an error and returns false when neither. */
 bool cli_resolve_id(const char *cmd, cs_store *st, const char *arg, cs_id *id);
 
+/* Connects to the local cloudletd's control socket: the fd, or -1 after printing why (daemon
+ * not running, socket unreachable). */
+int cli_control_connect(const char *cmd, const cli_common *common);
 /* Sends one request line to the local cloudletd and returns its answer line (malloc'd), or
  * prints why not (daemon not running, no answer within timeout_ms) and returns NULL. */
 char *cli_control_request(const char *cmd, const cli_common *common, const char *request,

@@ -25,9 +25,6 @@ static const char usage[] =
     "  --json       the daemon's final report as JSON\n"
     "  --home DIR   the node home\n";
 
-#define LINE_MAX_BYTES  (1u << 20)
-#define IDLE_TIMEOUT_MS 60000 /* the daemon reports several times a second */
-
 static uint64_t num(const char *obj, const char *end, const char *key)
 {
     char v[32];
@@ -47,45 +44,6 @@ static void each_source(const char *line, void (*fn)(const char *o, const char *
         fn(p, e, arg);
         p = e + 1;
     }
-}
-
-static int connect_daemon(const char *cmd, const cli_common *co)
-{
-    char *home = cli_home(co), *conf = node_home_path(home, "cloudlet.conf");
-    node_config cfg;
-    node_config_defaults(&cfg);
-    char err[NODE_ERRMSG];
-    int rc = conf ? node_config_load(conf, &cfg, err) : -ENOMEM;
-    free(conf);
-    if (rc && rc != CS_ENOTFOUND) {
-        cli_error(cmd, "%s", err);
-        free(home);
-        return -1;
-    }
-    char *path =
-        cfg.control_socket[0] ? strdup(cfg.control_socket) : node_home_path(home, "control.sock");
-    free(home);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (!path || strlen(path) >= sizeof sa.sun_path) {
-        cli_error(cmd, "bad control socket path");
-        free(path);
-        return -1;
-    }
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        int e = errno;
-        if (e == ENOENT || e == ECONNREFUSED)
-            cli_error(cmd, "cloudletd is not running (no daemon at %s); start it with `cloudletd`",
-                      path);
-        else
-            cli_error(cmd, "cannot reach cloudletd at %s: %s", path, strerror(e));
-        if (fd >= 0) close(fd);
-        free(path);
-        return -1;
-    }
-    free(path);
-    return fd;
 }
 
 /* ---- progress and the report ------------------------------------------------------------------
@@ -163,6 +121,38 @@ static void final_report(const char *line, const char *end)
     printf("%s\n", id);
 }
 
+/* One run of the command: the progress view and how the end is shown. */
+struct pull_run {
+    view v;
+    const char *cmd;
+    bool json;
+};
+
+/* A line of the daemon's streaming answer (docs/control.md): progress until a final `done` or
+ * `error` line, whose exit status it returns. */
+static int on_line(const char *line, void *arg)
+{
+    struct pull_run *run = arg;
+    const char *end = line + strlen(line);
+    if (!strncmp(line, "{\"error\"", 8)) {
+        char msg[512];
+        cli_progress_end(&run->v.prog);
+        if (run->json) printf("%s\n", line);
+        cli_error(run->cmd, "%s", cli_json_field(line, end, "error", msg, sizeof msg));
+        return CLI_FAIL;
+    }
+    if (!strncmp(line, "{\"done\"", 7)) {
+        cli_progress_end(&run->v.prog);
+        if (run->json)
+            printf("%s\n", line);
+        else
+            final_report(line, end);
+        return CLI_OK;
+    }
+    show_progress(&run->v, line, end);
+    return -1;
+}
+
 int cmd_pull(int argc, char **argv)
 {
     enum { OPT_PEER = 0x200 };
@@ -186,71 +176,12 @@ int cmd_pull(int argc, char **argv)
     if (peer && (!peer[0] || strpbrk(peer, " \t\r\n")))
         return cli_usage_error(usage, argv[0], "bad --peer '%s'", peer);
     char hex[CS_ID_HEX + 1], req[512];
-    snprintf(req, sizeof req, "pull %s%s%s\n", cs_id_to_hex(&id, hex), peer ? " " : "",
+    snprintf(req, sizeof req, "pull %s%s%s", cs_id_to_hex(&id, hex), peer ? " " : "",
              peer ? peer : "");
 
-    int fd = connect_daemon(argv[0], &co);
-    if (fd < 0) return CLI_FAIL;
-    if (write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
-        cli_error(argv[0], "cannot send the request to cloudletd: %s", strerror(errno));
-        close(fd);
-        return CLI_FAIL;
-    }
-    view v;
-    memset(&v, 0, sizeof v);
-    cli_progress_init(&v.prog, "pull");
-    char *buf = malloc(LINE_MAX_BYTES + 1);
-    size_t len = 0;
-    int status = CLI_FAIL;
-    bool ended = false;
-    while (buf && !ended) {
-        struct pollfd p = {fd, POLLIN, 0};
-        int pr = poll(&p, 1, IDLE_TIMEOUT_MS);
-        if (pr == 0) {
-            cli_progress_end(&v.prog);
-            cli_error(argv[0], "cloudletd said nothing for %d s", IDLE_TIMEOUT_MS / 1000);
-            break;
-        }
-        if (pr < 0 && errno == EINTR) continue;
-        ssize_t r = pr < 0 ? -1 : read(fd, buf + len, LINE_MAX_BYTES - len);
-        if (r <= 0) {
-            cli_progress_end(&v.prog);
-            cli_error(argv[0], "cloudletd closed the connection before the pull ended");
-            break;
-        }
-        len += (size_t)r;
-        buf[len] = '\0';
-        char *nl;
-        while (!ended && (nl = memchr(buf, '\n', len)) != NULL) {
-            *nl = '\0';
-            const char *end = nl;
-            char msg[512];
-            if (!strncmp(buf, "{\"error\"", 8)) {
-                cli_progress_end(&v.prog);
-                if (co.json) printf("%s\n", buf);
-                cli_error(argv[0], "%s", cli_json_field(buf, end, "error", msg, sizeof msg));
-                ended = true;
-            } else if (!strncmp(buf, "{\"done\"", 7)) {
-                cli_progress_end(&v.prog);
-                if (co.json)
-                    printf("%s\n", buf);
-                else
-                    final_report(buf, end);
-                status = CLI_OK;
-                ended = true;
-            } else {
-                show_progress(&v, buf, end);
-            }
-            size_t used = (size_t)(nl + 1 - buf);
-            memmove(buf, nl + 1, len - used);
-            len -= used;
-        }
-        if (len == LINE_MAX_BYTES) {
-            cli_error(argv[0], "cloudletd sent a line longer than %u bytes", LINE_MAX_BYTES);
-            break;
-        }
-    }
-    free(buf);
-    close(fd);
-    return status;
+    struct pull_run run = {.cmd = argv[0], .json = co.json};
+    cli_progress_init(&run.v.prog, "pull");
+    int status = cli_stream_request(argv[0], &co, req, on_line, &run);
+    cli_progress_end(&run.v.prog);
+    return status < 0 ? CLI_FAIL : status;
 }
