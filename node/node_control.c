@@ -195,6 +195,21 @@ static void stream_line(const char *line, bool last, void *arg)
     c->writes++;
 }
 
+/* After starting work that answers in the streaming form (rc from its start): on success the
+ * client's connection is read on, to learn when it goes away; on failure it gets one error line. */
+static bool streaming(client *c, int rc, const char *err)
+{
+    if (rc) {
+        c->streaming = false;
+        char msg[2 * NODE_ERRMSG];
+        json_escape(err[0] ? err : node_strerror(rc), msg, sizeof msg);
+        c->reply = jsonf("{\"error\": \"%s\"}\n", msg);
+        return false;
+    }
+    uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+    return true;
+}
+
 /* "pull <manifest id> [peer]": answered in the streaming form. */
 static bool start_pull(client *c, char *args)
 {
@@ -206,17 +221,7 @@ static bool start_pull(client *c, char *args)
     }
     char err[NODE_ERRMSG] = "";
     c->streaming = true;
-    int rc = node__pull_start(c->d, &id, peer, stream_line, c, err);
-    if (rc) {
-        c->streaming = false;
-        char msg[2 * NODE_ERRMSG];
-        json_escape(err[0] ? err : node_strerror(rc), msg, sizeof msg);
-        c->reply = jsonf("{\"error\": \"%s\"}\n", msg);
-        return false;
-    }
-    /* Read on, to learn when the client goes away. */
-    uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
-    return true;
+    return streaming(c, node__pull_start(c->d, &id, peer, stream_line, c, err), err);
 }
 
 /* "replication [manifest id] [k]" and "replicate <manifest id> <k>": the streaming form
@@ -245,17 +250,10 @@ static bool start_replication(client *c, char *args, bool replicate)
     }
     char err[NODE_ERRMSG] = "";
     c->streaming = true;
-    int rc = node__replication_start(c->d, have_id ? &id : NULL, (unsigned)k, replicate,
-                                     stream_line, c, err);
-    if (rc) {
-        c->streaming = false;
-        char msg[2 * NODE_ERRMSG];
-        json_escape(err[0] ? err : node_strerror(rc), msg, sizeof msg);
-        c->reply = jsonf("{\"error\": \"%s\"}\n", msg);
-        return false;
-    }
-    uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
-    return true;
+    return streaming(c,
+                     node__replication_start(c->d, have_id ? &id : NULL, (unsigned)k, replicate,
+                                             stream_line, c, err),
+                     err);
 }
 
 static void dispatch(client *c, char *line)
