@@ -11,6 +11,9 @@
  * NULL). Every node/ function that takes `char err[NODE_ERRMSG]` fills it through this. */
 void node__errf(char err[NODE_ERRMSG], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The monotonic clock in seconds, for the stage times reports give. */
+double node__now_s(void);
+
 /* Writes s as a JSON string, quotes included. */
 void node__json_str(FILE *f, const char *s);
 

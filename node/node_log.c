@@ -1,6 +1,6 @@
 /* node_log.c — leveled logging to standard error or syslog. */
 #define _GNU_SOURCE
-#include "node.h"
+#include "node_internal.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -47,4 +47,11 @@ void node_log(node_log_level l, const char *fmt, ...)
         pthread_mutex_unlock(&mu);
     }
     va_end(ap);
+}
+
+double node__now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }

@@ -48,13 +48,6 @@
 
 #define DEFAULT_URI "qemu:///system"
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- libvirt connection ---------------------------------------------------------------------- */
 
 /* libvirt prints every error to stderr unless a handler is set; errors are reported through
@@ -130,13 +123,13 @@ static bool kvm_runs_guest_code(double deadline_s)
     pid_t pid = fork();
     if (pid < 0) return false;
     if (pid == 0) _exit(kvm_probe_child());
-    double end = now_s() + deadline_s;
+    double end = node__now_s() + deadline_s;
     int status;
     for (;;) {
         pid_t w = waitpid(pid, &status, WNOHANG);
         if (w == pid) return WIFEXITED(status) && WEXITSTATUS(status) == 0;
         if (w < 0 && errno != EINTR) return false;
-        if (now_s() > end) break;
+        if (node__now_s() > end) break;
         struct timespec ts = {0, 5 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -812,12 +805,12 @@ static void *fifo_write(void *arg)
     sigemptyset(&pipe);
     sigaddset(&pipe, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe, NULL);
-    double t0 = now_s(), end = t0 + 120;
+    double t0 = node__now_s(), end = t0 + 120;
     int fd;
     /* Non-blocking open fails with ENXIO until the restore opens the FIFO for reading. */
     while ((fd = open(w->path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)) < 0) {
         if ((errno != ENXIO && errno != EINTR) || __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) ||
-            now_s() > end) {
+            node__now_s() > end) {
             w->rc = errno == ENXIO ? -ETIMEDOUT : -errno;
             node__errf(w->err, "nobody read the memory FIFO %s", w->path);
             return NULL;
@@ -825,7 +818,7 @@ static void *fifo_write(void *arg)
         struct timespec ts = {0, 2 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    t0 = now_s();
+    t0 = node__now_s();
     w->opened = true;
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     /* A larger pipe buffer means fewer hand-overs between this writer and QEMU's reader (the
@@ -833,7 +826,7 @@ static void *fifo_write(void *arg)
     fcntl(fd, F_SETPIPE_SZ, 1 << 20);
     w->rc = node_savefile_write(w->st, w->m, w->xml, fd, w->progress, w->arg, w->err);
     close(fd);
-    w->seconds = now_s() - t0;
+    w->seconds = node__now_s() - t0;
     return NULL;
 }
 
@@ -872,7 +865,7 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
 {
     memset(r, 0, sizeof *r);
     err[0] = '\0';
-    double t0 = now_s();
+    double t0 = node__now_s();
     char hex[CS_ID_HEX + 1];
     cs_id_to_hex(id, hex);
     if (!o->name || !o->name[0] || !o->dir || !o->dir[0]) {
@@ -892,7 +885,7 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
                    rc == CS_ENOTFOUND ? "not in this store" : cs_strerror(rc));
         goto fail;
     }
-    r->resolve_s = now_s() - t0;
+    r->resolve_s = node__now_s() - t0;
     const cs_image *dimg = cs_manifest_find_image(m, "disk");
     if (!dimg) {
         node__errf(err, "manifest %s has no disk image", hex);
@@ -953,7 +946,7 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
     made_dir = true;
     chmod(o->dir, 0711);
 
-    double t1 = now_s();
+    double t1 = node__now_s();
     int fd = open(disk, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
         rc = -errno;
@@ -974,7 +967,7 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
             node__errf(err, "writing %s: %s", disk, node_strerror(rc));
         goto fail;
     }
-    r->disk_s = now_s() - t1;
+    r->disk_s = node__now_s() - t1;
     r->disk_bytes = dimg->length;
 
     if (detecting) pthread_join(detect_th, NULL), detecting = false;
@@ -990,15 +983,15 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
     }
 
     if (!has_mem) {
-        double t2 = now_s();
+        double t2 = node__now_s();
         if (!(dom = virDomainCreateXML(c, xml, 0))) {
             node__errf(err, "booting domain %s: %s", o->name, virt_msg());
             rc = -EIO;
             goto fail;
         }
-        r->restore_s = now_s() - t2;
+        r->restore_s = node__now_s() - t2;
     } else if (!o->fifo) {
-        double t2 = now_s();
+        double t2 = node__now_s();
         fd = open(mem, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (fd < 0) {
             rc = -errno;
@@ -1011,16 +1004,16 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
             if (!err[0]) node__errf(err, "writing %s: %s", mem, node_strerror(rc));
             goto fail;
         }
-        r->memory_s = now_s() - t2;
+        r->memory_s = node__now_s() - t2;
         r->memory_bytes = memory_bytes(m);
         r->save_bytes = file_size(mem);
-        double t3 = now_s();
+        double t3 = node__now_s();
         if (virDomainRestoreFlags(c, mem, NULL, VIR_DOMAIN_SAVE_RUNNING) != 0) {
             node__errf(err, "restoring domain %s: %s", o->name, virt_msg());
             rc = -EIO;
             goto fail;
         }
-        r->restore_s = now_s() - t3;
+        r->restore_s = node__now_s() - t3;
         unlink(mem); /* QEMU has read it whole; the running domain no longer needs it */
     } else {
         if (mkfifo(mem, 0600) != 0) {
@@ -1035,11 +1028,11 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
             node__errf(err, "cannot start the FIFO writer: %s", strerror(-rc));
             goto fail;
         }
-        double t2 = now_s();
+        double t2 = node__now_s();
         int vr = virDomainRestoreFlags(c, mem, NULL, VIR_DOMAIN_SAVE_RUNNING);
         char verr[NODE_ERRMSG] = "";
         if (vr != 0) snprintf(verr, sizeof verr, "%s", virt_msg());
-        r->restore_s = now_s() - t2;
+        r->restore_s = node__now_s() - t2;
         __atomic_store_n(&w.stop, 1, __ATOMIC_RELEASE);
         pthread_join(th, NULL);
         unlink(mem);
@@ -1064,7 +1057,7 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
         rc = -EIO;
         goto fail;
     }
-    r->total_s = now_s() - t0;
+    r->total_s = node__now_s() - t0;
     virDomainFree(dom);
     virConnectClose(c);
     cs_manifest_free(m);

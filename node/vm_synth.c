@@ -20,13 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Creates dir/name.partial, lets write() fill it, then renames it to dir/name. */
 static int write_file(const char *dir, const char *name, int (*write)(int fd, void *arg),
                       void *arg, char err[NODE_ERRMSG])
@@ -106,7 +99,7 @@ int node_vm_synth(cs_store *st, const cs_id *id, const char *outdir, node_synth_
 {
     memset(report, 0, sizeof *report);
     err[0] = '\0';
-    double t0 = now_s();
+    double t0 = node__now_s();
     cs_manifest *m = NULL;
     char hex[CS_ID_HEX + 1];
     int rc = cs_manifest_get(st, id, &m);
@@ -115,7 +108,7 @@ int node_vm_synth(cs_store *st, const cs_id *id, const char *outdir, node_synth_
              rc == CS_ENOTFOUND ? "not in this store" : cs_strerror(rc));
         return rc;
     }
-    report->resolve_s = now_s() - t0;
+    report->resolve_s = node__now_s() - t0;
     const cs_image *disk = cs_manifest_find_image(m, "disk");
     bool memory = node_vm_has_memory(m);
     if (!disk && !memory) {
@@ -129,19 +122,19 @@ int node_vm_synth(cs_store *st, const cs_id *id, const char *outdir, node_synth_
         goto out;
     }
     if (disk) {
-        double t1 = now_s();
+        double t1 = node__now_s();
         struct disk_job dj = {st, disk, progress, arg, err};
         if ((rc = write_file(outdir, "disk.raw", write_disk, &dj, err))) goto out;
-        report->disk_s = now_s() - t1;
+        report->disk_s = node__now_s() - t1;
         report->disk_bytes = disk->length;
         for (uint64_t c = 0; c < disk->nchunks; c++)
             if (!cs_id_is_zero(&disk->chunks[c])) report->disk_written += CS_CHUNK_SIZE;
     }
     if (memory) {
-        double t2 = now_s();
+        double t2 = node__now_s();
         struct memory_job mj = {st, m, progress, arg, err, 0};
         if ((rc = write_file(outdir, "memory.save", write_memory, &mj, err))) goto out;
-        report->memory_s = now_s() - t2;
+        report->memory_s = node__now_s() - t2;
         report->memory_bytes = mj.bytes;
     }
     if (m->xml[0]) rc = write_file(outdir, "domain.xml", write_xml, m->xml, err);
