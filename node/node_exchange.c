@@ -932,9 +932,37 @@ typedef struct pjob {
     uint64_t unique, held;
 } pjob;
 
-static int cmp_id(const void *a, const void *b)
+/* Orders positions into the id array arg by id, then by position, so that each id's first
+ * position comes first among its equals. */
+static int cmp_pos(const void *a, const void *b, void *arg)
 {
-    return memcmp(a, b, CS_ID_BYTES);
+    const cs_id *ids = arg;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    int c = memcmp(ids[x].b, ids[y].b, CS_ID_BYTES);
+    return c ? c : (x > y) - (x < y);
+}
+
+/* Keeps the first position of each distinct id of ids[0..n), in their order, and returns how
+ * many (or -ENOMEM). The manifest's order is what the sources stored: neighbouring chunks share
+ * a segment there (a GET of them decompresses one segment, not one each) and compress together
+ * on the wire. */
+static int64_t distinct_in_order(cs_id *ids, size_t n)
+{
+    uint32_t *pos = malloc((n ? n : 1) * sizeof *pos);
+    uint8_t *keep = calloc(n ? n : 1, 1);
+    if (!pos || !keep) {
+        free(pos), free(keep);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) pos[i] = (uint32_t)i;
+    qsort_r(pos, n, sizeof *pos, cmp_pos, ids);
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || !cs_id_equal(&ids[pos[i - 1]], &ids[pos[i]])) keep[pos[i]] = 1;
+    size_t u = 0;
+    for (size_t i = 0; i < n; i++)
+        if (keep[i]) ids[u++] = ids[i];
+    free(pos), free(keep);
+    return (int64_t)u;
 }
 
 static int find_pins(const cs_manifest_info *info, void *arg)
@@ -972,12 +1000,15 @@ static void plan_work(uv_work_t *w)
         for (uint64_t c = 0; c < m->images[i].nchunks; c++)
             if (!cs_id_is_zero(&m->images[i].chunks[c])) all[k++] = m->images[i].chunks[c];
     cs_manifest_free(m);
-    qsort(all, k, sizeof *all, cmp_id);
-    size_t u = 0;
-    for (size_t i = 0; i < k; i++)
-        if (u == 0 || !cs_id_equal(&all[u - 1], &all[i])) all[u++] = all[i];
+    int64_t distinct = distinct_in_order(all, k);
+    if (distinct < 0) {
+        free(all);
+        j->rc = (int)distinct;
+        return;
+    }
+    size_t u = (size_t)distinct;
     j->unique = u;
-    /* What is held already stays; the missing keep their (sorted) order. */
+    /* What is held already stays; the missing keep the manifest's order. */
     size_t nm = 0;
     uint8_t *bits = malloc(65536 / 8);
     if (!bits) {
