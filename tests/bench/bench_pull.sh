@@ -77,8 +77,10 @@ SHAPED_B=$(bytes_of "${SHAPED_SIZE:-$SIZE}")
 ID=$$
 T=$(mktemp -d "${TMPDIR:-/var/tmp}/cloudlet-benchpull-XXXXXX")
 PFX=cbp$ID
-SW=$PFX-sw
-NSES=() PIDS=()
+LAN=$PFX
+PIDS=()
+# shellcheck source=../lib/netns.sh
+. "$(dirname "$0")/../lib/netns.sh"
 cleanup() {
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do
@@ -99,26 +101,10 @@ fail() {
 say() { [ "$JSON" = 1 ] || echo "$@"; }
 cl() { "$CLOUDLET" "$@"; }
 
-if ! ip netns add "$SW" 2>"$T/skip"; then
-    echo "SKIP: cannot create a network namespace here: $(cat "$T/skip")"
-    exit 77
-fi
-NSES+=("$SW")
-ip -n "$SW" link add br0 type bridge
-ip -n "$SW" link set br0 up
+lan_up
 
-# netns NAME N: namespace $PFX-NAME holding 198.18.1.N/24 on eth0, its peer vbID-N on the bridge.
-netns() {
-    local ns=$PFX-$1 n=$2
-    ip netns add "$ns"
-    NSES+=("$ns")
-    ip -n "$SW" link add "vb$ID-$n" type veth peer name eth0 netns "$ns"
-    ip -n "$SW" link set "vb$ID-$n" master br0 up
-    ip -n "$ns" link set lo up
-    ip -n "$ns" addr add "198.18.1.$n/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" route add default dev eth0
-}
+# netns NAME N: namespace $PFX-NAME holding 198.18.1.N/24 on eth0, joined to the bridge.
+netns() { lan_node "$1" "198.18.1.$2"; }
 addr_of() { # the address of node NAME: s1..s3 are the sources, p* the puller
     case $1 in s1) echo 198.18.1.1 ;; s2) echo 198.18.1.2 ;; s3) echo 198.18.1.3 ;; p*) echo 198.18.1.4 ;; esac
 }

@@ -12,8 +12,10 @@ set -euo pipefail
 CLOUDLET=$1 CLOUDLETD=$2 CASE=$3
 ID=$$
 T=$(mktemp -d "${TMPDIR:-/tmp}/cloudlet-netns-XXXXXX")
-SW=cl$ID-sw
-NSES=() PIDS=()
+LAN=cl$ID
+PIDS=()
+# shellcheck source=../lib/netns.sh
+. "$(dirname "$0")/../lib/netns.sh"
 
 cleanup() {
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -35,29 +37,10 @@ fail() {
 }
 now_ms() { date +%s%3N; }
 
-if ! ip netns add "$SW" 2>"$T/skip"; then
-    echo "SKIP: cannot create a network namespace here: $(cat "$T/skip")"
-    exit 77
-fi
-NSES+=("$SW")
-ip -n "$SW" link add br0 type bridge
-# Flood multicast to every port: no IGMP querier on this LAN.
-ip -n "$SW" link set br0 type bridge mcast_snooping 0
-ip -n "$SW" link set br0 up
+lan_up
 
-# node NAME N: a namespace with 198.18.0.N on the bridge and a fresh home $T/NAME.
-node_ns() {
-    local name=$1 n=$2 ns=cl$ID-$1
-    ip netns add "$ns"
-    NSES+=("$ns")
-    ip -n "$SW" link add "v$ID-$n" type veth peer name eth0 netns "$ns"
-    ip -n "$SW" link set "v$ID-$n" master br0 up
-    ip -n "$ns" link set lo up
-    ip -n "$ns" addr add "198.18.0.$n/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    # Joining a group on INADDR_ANY needs a route for it (there is no default route here).
-    ip -n "$ns" route add 224.0.0.0/4 dev eth0
-}
+# node_ns NAME N: namespace cl$ID-NAME with 198.18.0.N on the bridge.
+node_ns() { lan_node "$1" "198.18.0.$2"; }
 
 # home NAME [init options]: a node home; its config file is $T/NAME/cloudlet.conf.
 home() {

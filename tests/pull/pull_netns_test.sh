@@ -9,8 +9,10 @@ set -euo pipefail
 CLOUDLET=$1 CLOUDLETD=$2 CASE=$3
 ID=$$
 T=$(mktemp -d "${TMPDIR:-/tmp}/cloudlet-pullns-XXXXXX")
-SW=clp$ID-sw
-NSES=() PIDS=()
+LAN=clp$ID
+PIDS=()
+# shellcheck source=../lib/netns.sh
+. "$(dirname "$0")/../lib/netns.sh"
 cleanup() {
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do
@@ -29,26 +31,12 @@ fail() {
 }
 cl() { "$CLOUDLET" "$@"; }
 
-if ! ip netns add "$SW" 2>"$T/skip"; then
-    echo "SKIP: cannot create a network namespace here: $(cat "$T/skip")"
-    exit 77
-fi
-NSES+=("$SW")
-ip -n "$SW" link add br0 type bridge
-ip -n "$SW" link set br0 type bridge mcast_snooping 0
-ip -n "$SW" link set br0 up
+lan_up
 
 # node NAME N: namespace clpID-NAME holding 198.18.1.N on the bridge, and home $T/NAME.
 node() {
-    local name=$1 n=$2 ns=clp$ID-$1
-    ip netns add "$ns"
-    NSES+=("$ns")
-    ip -n "$SW" link add "vp$ID-$n" type veth peer name eth0 netns "$ns"
-    ip -n "$SW" link set "vp$ID-$n" master br0 up
-    ip -n "$ns" link set lo up
-    ip -n "$ns" addr add "198.18.1.$n/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" route add 224.0.0.0/4 dev eth0
+    local name=$1 n=$2
+    lan_node "$name" "198.18.1.$n"
     if [ ! -f "$T/fleet" ]; then
         cl init --home "$T/$name" --new-fleet >/dev/null
         (umask 077 && cl fleet-key --home "$T/$name" >"$T/fleet")
