@@ -13,11 +13,11 @@
 #   --ram        guest RAM in MiB (default 512)
 #   --cache      where the pair is kept (default $CLOUDLET_BENCH_CACHE or /var/tmp/cloudlet-bench)
 #
-# The pair is cached outside the repository under a key made of this script's hash and the
-# sizes: it is rebuilt only when missing or when either changes. Needs root (debootstrap, a
-# loop mount, libvirt's qemu:///system); installs debootstrap when it is missing. Network is
-# used only by debootstrap and apt-get, through the Debian mirror this machine's apt uses; the
-# guests have none.
+# The pair is cached outside the repository under a key made of this script's hash (with
+# tests/lib/domain.sh's) and the sizes: it is rebuilt only when missing or when either changes.
+# Needs root (debootstrap, a loop mount, libvirt's qemu:///system); installs debootstrap when
+# it is missing. Network is used only by debootstrap and apt-get, through the Debian mirror
+# this machine's apt uses; the guests have none.
 #
 # How the pair is made:
 #  1. `debootstrap --variant=minbase bookworm` into a tree; minbase has no init, so /sbin/init
@@ -37,6 +37,8 @@
 set -euo pipefail
 script=$(readlink -f "$0")
 here=$(dirname "$script")
+# shellcheck source=../lib/domain.sh
+. "$here/../lib/domain.sh"
 disk_size=2G
 ram=512
 cache=${CLOUDLET_BENCH_CACHE:-/var/tmp/cloudlet-bench}
@@ -49,7 +51,7 @@ while [ $# -gt 0 ]; do
         *) echo "vm-pair: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-key=$( (cat "$script"; echo "$disk_size $ram") | sha256sum | cut -c1-16)
+key=$( (cat "$script" "$here/../lib/domain.sh"; echo "$disk_size $ram") | sha256sum | cut -c1-16)
 out=$cache/pair-$key
 if [ -f "$out/ready" ]; then
     echo "$out"
@@ -172,37 +174,8 @@ echo "console=ttyS0 panic=-1 init_on_free=1 nokaslr" >"$work/cmdline"
 chmod a+r "$work/vmlinuz" "$work/initrd.img" "$work/cmdline"
 
 domain_xml() { # NAME DISK
-    cat <<XML
-<domain type='qemu'>
-  <name>$1</name>
-  <memory unit='MiB'>$ram</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>$work/vmlinuz</kernel>
-    <initrd>$work/initrd.img</initrd>
-    <cmdline>$(cat "$work/cmdline")</cmdline>
-  </os>
-  <features><acpi/></features>
-  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw' discard='unmap'/>
-      <source file='$2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <serial type='unix'>
-      <source mode='bind' path='$work/$1.sock'/>
-      <log file='$work/$1.console.log'/>
-      <target port='0'/>
-    </serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-XML
+    guest_domain_xml "$1" qemu "$ram" "$work/vmlinuz" "$work/initrd.img" "$(cat "$work/cmdline")" \
+        "$2" "$work/$1.sock" "$work/$1.console.log"
 }
 
 boot_and_save() { # WHICH: boots WHICH.disk, waits for "guest: ready", saves WHICH.save

@@ -15,6 +15,8 @@ set -euo pipefail
 CLOUDLET=$(readlink -f "$1")
 CASE=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib/domain.sh
+. "$HERE/../lib/domain.sh"
 URI=qemu:///system
 # One work directory and one domain prefix per build tree, so two build trees never collide.
 TAG=$(printf '%s' "$CLOUDLET" | sha256sum | cut -c1-6)
@@ -60,37 +62,8 @@ guest() { cat "$W/guest"; }
 domain_xml() {
     local g
     g=$(guest)
-    cat <<XML
-<domain type='$(cat "$W/domtype")'>
-  <name>$1</name>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>$g/vmlinuz</kernel>
-    <initrd>$g/initrd.img</initrd>
-    <cmdline>$(cat "$g/cmdline")</cmdline>
-  </os>
-  <features><acpi/></features>
-  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw' discard='unmap'/>
-      <source file='$2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <serial type='unix'>
-      <source mode='bind' path='$3/console.sock'/>
-      <log file='$3/console.log'/>
-      <target port='0'/>
-    </serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-XML
+    guest_domain_xml "$1" "$(cat "$W/domtype")" 256 "$g/vmlinuz" "$g/initrd.img" \
+        "$(cat "$g/cmdline")" "$2" "$3/console.sock" "$3/console.log"
 }
 
 # Boots the guest as domain $1 on disk $2 (console in directory $3) and waits for its ticks.
