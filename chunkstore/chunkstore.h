@@ -102,6 +102,17 @@ int cs_put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_i
            size_t *bad, cs_put_stats *stats) CS_WUR;
 
 /*
+ * cs_put that does not wait for the disk: the batch is stored atomically (a crash leaves all of
+ * it or none, and never an index entry without its bytes) but is durable only after a later
+ * cs_sync or durable write. For bulk transfers (a pull) that sync once, before they record
+ * that they are done; a crash in between costs only chunks to fetch again.
+ */
+int cs_put_nosync(cs_store *st, const void *chunks, size_t n, const cs_id *expect,
+                  cs_id *ids_out, size_t *bad, cs_put_stats *stats) CS_WUR;
+/* Makes every write committed so far durable. 0 on a read-only store. */
+int cs_sync(cs_store *st) CS_WUR;
+
+/*
  * Reads n chunks into out (n * CS_CHUNK_SIZE bytes). The zero id reads as zeros. Every chunk is
  * re-hashed before it is returned: CS_ECORRUPT (with *bad, may be NULL, set to the index) means
  * the stored bytes are damaged; CS_ENOTFOUND means a chunk is absent. out is undefined on error.

@@ -102,9 +102,10 @@ int cs__seg_decode(ZSTD_DCtx *dctx, const uint8_t *seg, size_t len, uint8_t *out
                    unsigned *nslots);
 int cs__seg_peek(const uint8_t *seg, size_t len, unsigned *nslots);
 
-/* cs_put with a CS_CHUNK_* status per chunk (status may be NULL). */
+/* cs_put with a CS_CHUNK_* status per chunk (status may be NULL); durable false is
+ * cs_put_nosync. */
 int cs__put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
-            uint8_t *status, size_t *bad, cs_put_stats *stats);
+            uint8_t *status, size_t *bad, cs_put_stats *stats, bool durable);
 
 /* cs__put in two steps (cs_store.c). prepare hashes (checking expect), drops zero, repeated and
  * held chunks and compresses the rest, outside any write transaction; it keeps ids_out and

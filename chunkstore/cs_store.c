@@ -601,18 +601,29 @@ void cs__put_stats(const cs__put_job *job, cs_put_stats *stats)
 int cs_put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
            size_t *bad, cs_put_stats *stats)
 {
-    return cs__put(st, chunks, n, expect, ids_out, NULL, bad, stats);
+    return cs__put(st, chunks, n, expect, ids_out, NULL, bad, stats, true);
+}
+
+int cs_put_nosync(cs_store *st, const void *chunks, size_t n, const cs_id *expect,
+                  cs_id *ids_out, size_t *bad, cs_put_stats *stats)
+{
+    return cs__put(st, chunks, n, expect, ids_out, NULL, bad, stats, false);
+}
+
+int cs_sync(cs_store *st)
+{
+    return st->readonly ? 0 : cs__sync(st);
 }
 
 int cs__put(cs_store *st, const void *chunks, size_t n, const cs_id *expect, cs_id *ids_out,
-            uint8_t *status, size_t *bad, cs_put_stats *stats)
+            uint8_t *status, size_t *bad, cs_put_stats *stats, bool durable)
 {
     if (st->readonly) return -EROFS;
     if (n == 0) return 0;
     cs__put_job *job;
     int rc = cs__put_prepare(st, chunks, n, expect, ids_out, status, bad, &job);
     if (rc) return rc;
-    rc = cs__put_commit(st, &job, 1, true);
+    rc = cs__put_commit(st, &job, 1, durable);
     if (rc == 0 && stats) cs__put_stats(job, stats);
     cs__put_free(job);
     return rc;

@@ -1370,7 +1370,8 @@ static void verify_work(uv_work_t *w)
     }
     while (ngood) {
         size_t bad = 0;
-        int rc = cs_put(j->p->x->d->st, data, ngood, good_ids, NULL, &bad, NULL);
+        /* Not flushed per batch: the pull syncs once before it pins the manifest (finish_work). */
+        int rc = cs_put_nosync(j->p->x->d->st, data, ngood, good_ids, NULL, &bad, NULL);
         if (rc != CS_ECORRUPT || bad >= ngood) {
             j->rc = rc;
             break;
@@ -1517,7 +1518,9 @@ static void finish_work(uv_work_t *w)
 {
     fjob *j = w->data;
     node__pull *p = j->p;
-    if (!p->pinned_before) j->rc = cs_manifest_pin(p->x->d->st, &p->id);
+    /* Every chunk on disk before the manifest is marked whole (pinned). */
+    j->rc = cs_sync(p->x->d->st);
+    if (j->rc == 0 && !p->pinned_before) j->rc = cs_manifest_pin(p->x->d->st, &p->id);
 }
 
 static void finish_done(uv_work_t *w, int status)

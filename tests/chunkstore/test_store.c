@@ -63,6 +63,43 @@ static void put_then_get_returns_same_bytes(void)
     free(dir);
 }
 
+/* A put that does not wait for the disk is still a put: visible at once, checked against the
+ * expected ids like cs_put, there after cs_sync and a reopen. */
+static void put_nosync_is_visible_at_once_and_kept_after_sync(void)
+{
+    char *dir;
+    cs_store *st = open_new(&dir);
+    size_t n = 100;
+    uint8_t *data = make_chunks(n, 7);
+    cs_id *ids = calloc(n, sizeof *ids), *wrong = calloc(n, sizeof *wrong);
+    for (size_t i = 0; i < n; i++) cs_chunk_id(data + i * CS_CHUNK_SIZE, &ids[i]);
+    memcpy(wrong, ids, n * sizeof *ids);
+    wrong[3].b[0] ^= 1;
+    size_t bad = 0;
+    CHECK_EQ(cs_put_nosync(st, data, n, wrong, NULL, &bad, NULL), CS_ECORRUPT);
+    CHECK_EQ(bad, 3);
+    uint8_t bits[(100 + 7) / 8];
+    CHECK_EQ(cs_has(st, ids, n, bits), 0);
+    cs_put_stats ps = {0};
+    CHECK_OK(cs_put_nosync(st, data, n, ids, NULL, NULL, &ps));
+    CHECK_EQ(ps.added, n);
+    uint8_t *out = malloc(n * CS_CHUNK_SIZE);
+    CHECK_OK(cs_get(st, ids, n, out, NULL));
+    CHECK_MEM(out, data, n * CS_CHUNK_SIZE);
+    CHECK_OK(cs_sync(st));
+    cs_close(st);
+    char *path;
+    if (asprintf(&path, "%s/store", dir) < 0) abort();
+    CHECK_OK(cs_open(path, CS_OPEN_READONLY, &st));
+    CHECK_OK(cs_sync(st)); /* nothing to flush on a read-only store */
+    CHECK_OK(cs_get(st, ids, n, out, NULL));
+    CHECK_MEM(out, data, n * CS_CHUNK_SIZE);
+    cs_close(st);
+    free(path), free(out), free(wrong), free(ids), free(data);
+    tl_rmtree(dir);
+    free(dir);
+}
+
 static void chunk_id_is_blake2b_and_zero_chunk_is_zero_id(void)
 {
     uint8_t chunk[CS_CHUNK_SIZE] = {0};
@@ -243,7 +280,8 @@ static void readonly_open_of_missing_store_is_notfound(void)
     free(dir);
 }
 
-TL_MAIN(TL_CASE(put_then_get_returns_same_bytes), TL_CASE(chunk_id_is_blake2b_and_zero_chunk_is_zero_id),
+TL_MAIN(TL_CASE(put_then_get_returns_same_bytes), TL_CASE(put_nosync_is_visible_at_once_and_kept_after_sync),
+        TL_CASE(chunk_id_is_blake2b_and_zero_chunk_is_zero_id),
         TL_CASE(zero_and_duplicate_chunks_are_not_stored_again),
         TL_CASE(put_with_wrong_expected_id_stores_nothing), TL_CASE(has_sets_bits_of_held_chunks),
         TL_CASE(flipped_byte_is_reported_by_verify_and_refused_by_get),
