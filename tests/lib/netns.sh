@@ -5,6 +5,8 @@
 # and LAN (a short prefix unique to the run, e.g. "cl$$": it names the namespaces and links).
 # Every namespace made is appended to the array NSES, which the caller's EXIT trap deletes.
 # shellcheck shell=bash
+# shellcheck source=procs.sh
+. "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 NSES=()
 LAN_LINKS=0
 
@@ -35,4 +37,10 @@ lan_node() {
     ip -n "$ns" link set eth0 up
     # Joining a multicast group on INADDR_ANY needs a route for it (there is no default route).
     ip -n "$ns" route add 224.0.0.0/4 dev eth0
+}
+
+# lan_down: deletes every namespace lan_up and lan_node made.
+lan_down() {
+    local ns
+    for ns in "${NSES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
 }

@@ -3,15 +3,12 @@
 # listens on 127.0.0.1 at a port the system picks (read back with `cloudlet status --json`),
 # with discovery off, so nothing leaves the machine; the EXIT trap stops them all.
 # shellcheck shell=bash
+# shellcheck source=procs.sh
+. "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 T=$(mktemp -d "${TMPDIR:-/tmp}/cloudlet-${NODES_TAG}-XXXXXX")
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${PIDS[@]}"
     [ -n "${KEEP:-}" ] && echo "kept $T" >&2 || rm -rf "$T"
 }
 trap cleanup EXIT

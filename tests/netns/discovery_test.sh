@@ -25,7 +25,7 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    for ns in "${NSES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+    lan_down
     [ -n "${KEEP:-}" ] && echo "kept $T" >&2 || rm -rf "$T"
 }
 trap cleanup EXIT

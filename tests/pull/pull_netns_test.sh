@@ -14,13 +14,8 @@ PIDS=()
 # shellcheck source=../lib/netns.sh
 . "$(dirname "$0")/../lib/netns.sh"
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    for ns in "${NSES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+    stop_pids "${PIDS[@]}"
+    lan_down
     [ -n "${KEEP:-}" ] && echo "kept $T" >&2 || rm -rf "$T"
 }
 trap cleanup EXIT
