@@ -427,6 +427,7 @@ static void mfetch_done(uv_work_t *w, int status)
     free(j);
     free(v->mbuf);
     v->mbuf = NULL;
+    v->masked = false; /* the answer is checked: another request may go out */
     if (v->ended) {
         view_maybe_free(v);
         return;
@@ -518,9 +519,11 @@ static void on_manifest(rnode *n, const net_msg *m)
         }
         return;
     }
-    v->masked = false;
+    /* masked stays set until mfetch_done: the worker reads mbuf and mtotal, so no other
+     * request may be sent (ask_manifest resets them) while it checks. */
     mjob *j = calloc(1, sizeof *j);
     if (!j) {
+        v->masked = false;
         view_fail(v, "out of memory");
         return;
     }
@@ -528,6 +531,7 @@ static void on_manifest(rnode *n, const net_msg *m)
     j->work.data = j;
     if (uv_queue_work(&v->d->loop, &j->work, mfetch_work, mfetch_done) != 0) {
         free(j);
+        v->masked = false;
         view_fail(v, "cannot queue work");
         return;
     }
