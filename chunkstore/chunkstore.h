@@ -275,6 +275,14 @@ int cs_image_export_fd(cs_store *st, const cs_image *im, int fd, cs_progress_fn 
  * CS_ECORRUPT or CS_ENOTFOUND with *bad (may be NULL) set to the chunk's position.
  */
 typedef struct cs_reader cs_reader;
+/*
+ * Chunks on their way in: between cs_arrivals_begin and the matching cs_arrivals_end (a fetch
+ * of this process that stores chunks as they arrive), an ordered reader that meets a chunk the
+ * store lacks waits for it to be stored instead of failing, and fails with CS_ENOTFOUND only
+ * when no fetch runs any more. So a VM can be written while its chunks still stream in.
+ */
+void cs_arrivals_begin(cs_store *st);
+void cs_arrivals_end(cs_store *st);
 int cs_reader_open(cs_store *st, const cs_image *im, unsigned threads, cs_reader **out) CS_WUR;
 int cs_reader_next(cs_reader *r, uint64_t *first, size_t *n, const uint8_t **data,
                    uint64_t *bad) CS_WUR;

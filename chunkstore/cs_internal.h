@@ -48,12 +48,26 @@ struct cs_store {
     int ingest_fd;
     unsigned ingest_depth;
 
+    /* Chunks on their way in (cs_arrivals_begin): how many fetches run, and a count of the
+     * commits of chunks made meanwhile, which readers waiting for a chunk watch. */
+    pthread_mutex_t arr_mu;
+    pthread_cond_t arr_cv;
+    unsigned arr_fetches;
+    uint64_t arr_commits;
+
     /* zstd contexts, reused across calls. */
     pthread_mutex_t ctx_mu;
     ZSTD_CCtx *cctx[4];
     ZSTD_DCtx *dctx[4];
     unsigned ncctx, ndctx;
 };
+
+/* Chunks were committed: wakes readers waiting in cs__arrival_wait. */
+void cs__arrivals_committed(cs_store *st);
+/* A reader met chunk id missing: waits until a commit made while fetches run, then returns 0
+ * when the store has id (read again), CS_ENOTFOUND when no fetch runs any more and it is still
+ * missing, or 1 when *stop became true (checked every 100 ms). */
+int cs__arrival_wait(cs_store *st, const cs_id *id, const bool *stop, pthread_mutex_t *stop_mu);
 
 /* Error translation: an LMDB return code to the project convention. */
 int cs__lmdb_err(int rc);

@@ -7,6 +7,8 @@
  * mark it ready. The consumer takes batches strictly in order, so a sequential writer (a pipe,
  * a FIFO into `virsh restore`, a save-file rebuilder) overlaps with the decompression of the
  * batches behind it. An error in batch k is reported when the consumer reaches batch k.
+ * While chunks are on their way in (cs_arrivals_begin), a missing chunk makes its worker wait
+ * for it rather than fail, so the consumer follows a fetch.
  */
 #include "cs_internal.h"
 
@@ -61,9 +63,12 @@ static void *worker(void *arg)
         size_t n = (size_t)(r->im->nchunks - first < READER_BATCH ? r->im->nchunks - first : READER_BATCH);
         size_t bad = 0;
         int rc = ids ? 0 : -ENOMEM;
-        if (rc == 0) {
-            memcpy(ids, r->im->chunks + first, n * sizeof *ids);
-            rc = cs_get(r->st, ids, n, s->data, &bad);
+        if (rc == 0) memcpy(ids, r->im->chunks + first, n * sizeof *ids);
+        /* A chunk still on its way (cs_arrivals_begin): wait for it, then read again. */
+        while (rc == 0 && (rc = cs_get(r->st, ids, n, s->data, &bad)) == CS_ENOTFOUND) {
+            int w = cs__arrival_wait(r->st, &ids[bad], &r->stop, &r->mu);
+            if (w == 1) break; /* closing: the slot is never read */
+            rc = w;            /* 0: it came, read again */
         }
 
         pthread_mutex_lock(&r->mu);

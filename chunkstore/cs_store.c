@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- transactions and the map ---------------------------------------------------------------- */
@@ -269,6 +270,8 @@ int cs_open(const char *dir, unsigned flags, cs_store **out)
     pthread_rwlock_init(&st->maplock, NULL);
     pthread_mutex_init(&st->ingest_mu, NULL);
     pthread_mutex_init(&st->ctx_mu, NULL);
+    pthread_mutex_init(&st->arr_mu, NULL);
+    pthread_cond_init(&st->arr_cv, NULL);
     int rc = -ENOMEM;
     if (!(st->dir = strdup(dir))) goto fail;
     if ((rc = cs__lmdb_err(mdb_env_create(&st->env)))) goto fail;
@@ -316,6 +319,8 @@ void cs_close(cs_store *st)
     pthread_rwlock_destroy(&st->maplock);
     pthread_mutex_destroy(&st->ingest_mu);
     pthread_mutex_destroy(&st->ctx_mu);
+    pthread_mutex_destroy(&st->arr_mu);
+    pthread_cond_destroy(&st->arr_cv);
     free(st->dir);
     free(st);
 }
@@ -586,7 +591,65 @@ int cs__put_commit(cs_store *st, cs__put_job *const *jobs, size_t njobs, bool du
     for (size_t i = 0; i < njobs; i++) any = any || jobs[i]->nnew;
     struct put_group g = {jobs, njobs};
     if (!any) return 0;
-    return durable ? cs__write(st, put_body, &g) : cs__write_lazy(st, put_body, &g);
+    int rc = durable ? cs__write(st, put_body, &g) : cs__write_lazy(st, put_body, &g);
+    if (rc == 0) cs__arrivals_committed(st);
+    return rc;
+}
+
+void cs_arrivals_begin(cs_store *st)
+{
+    pthread_mutex_lock(&st->arr_mu);
+    st->arr_fetches++;
+    pthread_mutex_unlock(&st->arr_mu);
+}
+
+void cs_arrivals_end(cs_store *st)
+{
+    pthread_mutex_lock(&st->arr_mu);
+    if (st->arr_fetches) st->arr_fetches--;
+    pthread_cond_broadcast(&st->arr_cv);
+    pthread_mutex_unlock(&st->arr_mu);
+}
+
+void cs__arrivals_committed(cs_store *st)
+{
+    pthread_mutex_lock(&st->arr_mu);
+    st->arr_commits++;
+    if (st->arr_fetches) pthread_cond_broadcast(&st->arr_cv);
+    pthread_mutex_unlock(&st->arr_mu);
+}
+
+int cs__arrival_wait(cs_store *st, const cs_id *id, const bool *stop, pthread_mutex_t *stop_mu)
+{
+    for (;;) {
+        pthread_mutex_lock(&st->arr_mu);
+        uint64_t seen = st->arr_commits;
+        unsigned fetches = st->arr_fetches;
+        pthread_mutex_unlock(&st->arr_mu);
+        uint8_t bit = 0;
+        int64_t held = cs_has(st, id, 1, &bit);
+        if (held < 0) return (int)held;
+        if (held > 0) return 0;
+        if (!fetches) return CS_ENOTFOUND;
+        /* Wait for the next commit (or the last fetch to end), waking now and then to see
+         * whether the reader is being closed. */
+        pthread_mutex_lock(&st->arr_mu);
+        while (st->arr_commits == seen && st->arr_fetches) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            pthread_cond_timedwait(&st->arr_cv, &st->arr_mu, &ts);
+            pthread_mutex_lock(stop_mu);
+            bool stopping = *stop;
+            pthread_mutex_unlock(stop_mu);
+            if (stopping) {
+                pthread_mutex_unlock(&st->arr_mu);
+                return 1;
+            }
+        }
+        pthread_mutex_unlock(&st->arr_mu);
+    }
 }
 
 void cs__put_stats(const cs__put_job *job, cs_put_stats *stats)

@@ -4,6 +4,7 @@
 #include "testlib.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -163,7 +164,77 @@ static void export_names_the_position_of_a_missing_chunk(void)
     free(dir);
 }
 
+struct feeder {
+    cs_store *st;
+    const uint8_t *data;
+    const cs_id *ids;
+    size_t n;
+    size_t upto; /* the feeder stores chunks [0, upto) and then ends the arrivals */
+};
+
+/* Stores the chunks in batches of 32, last first, with pauses, as a fetch would. */
+static void *feed(void *arg)
+{
+    struct feeder *f = arg;
+    for (size_t end = f->upto; end > 0;) {
+        size_t k = end < 32 ? end : 32;
+        usleep(1000);
+        CHECK_OK(cs_put_nosync(f->st, f->data + (end - k) * CS_CHUNK_SIZE, k, f->ids + end - k,
+                               NULL, NULL, NULL));
+        end -= k;
+    }
+    cs_arrivals_end(f->st);
+    return NULL;
+}
+
+/* While chunks are on their way in, a reader waits for the missing ones and delivers every byte
+ * in order; when the fetch ends without a chunk, the reader names that chunk. */
+static void reader_follows_chunks_as_they_arrive(void)
+{
+    char *dir = tl_tmpdir();
+    cs_store *st;
+    CHECK_OK(cs_open(dir, CS_OPEN_CREATE, &st));
+    size_t n = 256 * 4 + 5;
+    uint8_t *data = malloc(n * CS_CHUNK_SIZE);
+    cs_manifest *m = cs_manifest_new();
+    cs_image *im = cs_manifest_add_image(m, CS_IMAGE_FILE, "file", n * CS_CHUNK_SIZE);
+    for (int whole = 1; whole >= 0; whole--) {
+        tl_fill_random(data, n * CS_CHUNK_SIZE, 7 + (uint64_t)whole); /* none held yet */
+        for (size_t i = 0; i < n; i++) cs_chunk_id(data + i * CS_CHUNK_SIZE, &im->chunks[i]);
+        struct feeder f = {st, data, im->chunks, n, whole ? n : n - 1};
+        cs_arrivals_begin(st);
+        pthread_t t;
+        CHECK_OK(pthread_create(&t, NULL, feed, &f));
+        cs_reader *r;
+        CHECK_OK(cs_reader_open(st, im, 2, &r));
+        uint64_t first, expect = 0, bad = 0;
+        size_t k;
+        const uint8_t *got;
+        int rc;
+        while ((rc = cs_reader_next(r, &first, &k, &got, &bad)) == 0 && k) {
+            CHECK_EQ(first, expect);
+            CHECK_MEM(got, data + first * CS_CHUNK_SIZE, k * CS_CHUNK_SIZE);
+            expect += k;
+        }
+        cs_reader_close(r);
+        CHECK_OK(pthread_join(t, NULL));
+        if (whole) {
+            CHECK_OK(rc);
+            CHECK_EQ(expect, n);
+        } else {
+            CHECK_EQ(rc, CS_ENOTFOUND); /* the last chunk never came: it was chunk n - 1 */
+            CHECK_EQ(bad, n - 1);
+        }
+    }
+    free(data);
+    cs_manifest_free(m);
+    cs_close(st);
+    tl_rmtree(dir);
+    free(dir);
+}
+
 TL_MAIN(TL_CASE(sparse_file_round_trips_and_its_holes_are_never_stored),
         TL_CASE(import_reports_what_happened_to_each_chunk),
         TL_CASE(reader_delivers_batches_in_order_whatever_the_workers_do),
-        TL_CASE(export_names_the_position_of_a_missing_chunk))
+        TL_CASE(export_names_the_position_of_a_missing_chunk),
+        TL_CASE(reader_follows_chunks_as_they_arrive))
