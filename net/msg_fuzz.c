@@ -1,10 +1,11 @@
 /*
  * Fuzz target: chunk exchange messages from untrusted bytes.
  *
- * The first input byte picks the message type (its value modulo the nine types of the
- * exchange), the rest is the payload. Whatever decodes must encode back to the same bytes (one
- * encoding per message), and a CHUNKS message either decompresses to exactly what it declared
- * or fails cleanly.
+ * The first input byte picks the message type (its value modulo the eleven types of the
+ * exchange, MANIFEST_GET .. DELTAS), the rest is the payload. Whatever decodes must encode back
+ * to the same bytes (one encoding per message), a CHUNKS message either decompresses to exactly
+ * what it declared or fails cleanly, and each frame of a DELTAS message either rebuilds a chunk
+ * against a base or fails cleanly (it may not inflate past 4096 bytes: the decoder checked).
  */
 #include "net.h"
 
@@ -21,7 +22,7 @@ static void same(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1) return 0;
-    uint8_t type = (uint8_t)(NET_MSG_MANIFEST_GET + data[0] % 9);
+    uint8_t type = (uint8_t)(NET_MSG_MANIFEST_GET + data[0] % 11);
     const uint8_t *p = data + 1;
     size_t len = size - 1;
     net_msg m;
@@ -55,9 +56,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         rc = net_msg_encode_pull_ask(m.req, m.id, src, m.nsources, &out, &olen);
         break;
     }
+    case NET_MSG_GET_DELTA:
+        rc = net_msg_encode_get_delta(m.req, m.ids, m.bases, m.n, &out, &olen);
+        break;
+    case NET_MSG_DELTAS: {
+        const uint8_t *frames[NET_GET_MAX];
+        size_t lens[NET_GET_MAX];
+        /* Two bases: zeros, and the first chunk's worth of the payload (a base that shares
+         * bytes with the frames, so matches land on something). */
+        static uint8_t zeros[NET_CHUNK_BYTES], shared[NET_CHUNK_BYTES], back[NET_CHUNK_BYTES];
+        memset(shared, 0, sizeof shared);
+        memcpy(shared, p, len < sizeof shared ? len : sizeof shared);
+        for (uint32_t i = 0; i < m.n; i++) {
+            net_msg_delta_frame(&m, i, &frames[i], &lens[i]);
+            if (frames[i] < p || frames[i] + lens[i] > p + len) abort();
+            for (int b = 0; b < 2; b++) {
+                int d = net_delta_decode(frames[i], lens[i], b ? shared : zeros, back);
+                if (d != 0 && d != NET_EFORMAT) abort();
+            }
+        }
+        rc = net_msg_encode_deltas(m.req, m.ids, m.n, frames, lens, &out, &olen);
+        break;
+    }
     case NET_MSG_PULL_DONE:
-        rc = net_msg_encode_pull_done(m.req, m.ok, m.chunks, (const char *)m.text, m.text_len,
-                                      &out, &olen);
+        rc = net_msg_encode_pull_done(m.req, m.ok, m.chunks, (const char *)m.text, m.text_len, &out,
+                                      &olen);
         break;
     default: rc = net_msg_encode_ids(type, m.req, m.ids, m.n, &out, &olen); break;
     }

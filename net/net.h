@@ -365,6 +365,8 @@ enum {
     NET_MSG_DONT_HAVE = 0x26,    /* request id, ids: of those asked, these are not held */
     NET_MSG_PULL_ASK = 0x27,     /* request id, manifest id, sources: pull this manifest */
     NET_MSG_PULL_DONE = 0x28,    /* request id, ok, chunks fetched, text: how that pull ended */
+    NET_MSG_GET_DELTA = 0x29,    /* request id, (id, base id) pairs: send these as deltas */
+    NET_MSG_DELTAS = 0x2a,       /* request id, ids, one delta frame per chunk */
 };
 
 #define NET_ID_BYTES 32u             /* a chunk or manifest id (BLAKE2b-256) */
@@ -408,6 +410,10 @@ typedef struct net_msg {
     uint64_t chunks;
     const uint8_t *text; /* text_len bytes (not NUL-terminated) */
     size_t text_len;
+    /* GET_DELTA: n base ids (n * NET_ID_BYTES) beside ids. DELTAS: n frame lengths (u32be
+     * each) beside ids, the frames back to back at z (zlen bytes in all): net_msg_delta_frame */
+    const uint8_t *bases;
+    const uint8_t *zlens;
 } net_msg;
 
 /* Decodes the payload of a message of the given type, a pure function of the bytes. 0 and *out,
@@ -445,6 +451,107 @@ void net_msg_pull_sources(const net_msg *m, net_pull_source *out);
 /* CHUNKS: n ids and their n * 4096 bytes, compressed together at zstd level. */
 int net_msg_encode_chunks(uint32_t req, const uint8_t *ids, uint32_t n, const void *chunks,
                           int level, uint8_t **out, size_t *len) NET_WUR;
+
+/* Deltas (docs/protocol.md §9): a chunk coded as one zstd frame against a base chunk the
+ * receiver holds (ZSTD_CCtx_refPrefix with the base's 4096 bytes); the frame declares its
+ * content size, exactly 4096. */
+#define NET_DELTA_MAX (NET_CHUNK_BYTES + 64u) /* the largest delta frame accepted */
+/* GET_DELTA: n (<= NET_GET_MAX) pairs, ids[i] wanted as a delta against bases[i]. Answered
+ * like a GET with the same req: at most one DELTAS, one CHUNKS (ids sent whole, e.g. when the
+ * sender lacks the base) and one DONT_HAVE, naming every id once between them. */
+int net_msg_encode_get_delta(uint32_t req, const uint8_t *ids, const uint8_t *bases, uint32_t n,
+                             uint8_t **out, size_t *len) NET_WUR;
+/* DELTAS: n (<= NET_GET_MAX) ids and their delta frames (frames[i], lens[i] bytes, each
+ * 1..NET_DELTA_MAX). */
+int net_msg_encode_deltas(uint32_t req, const uint8_t *ids, uint32_t n,
+                          const uint8_t *const *frames, const size_t *lens, uint8_t **out,
+                          size_t *len) NET_WUR;
+/* Frame i of a decoded DELTAS message (the decoder checked every length, that the frames fill
+ * the rest of the payload exactly, and that each is one zstd frame declaring 4096 bytes). */
+void net_msg_delta_frame(const net_msg *m, uint32_t i, const uint8_t **frame, size_t *len);
+/* Codes chunk against base at zstd level into out (cap bytes, at least NET_DELTA_MAX): 0 and
+ * *len, NET_ETOOBIG when the delta would not fit (send the chunk whole then), or -ENOMEM. */
+int net_delta_encode(const uint8_t chunk[NET_CHUNK_BYTES], const uint8_t base[NET_CHUNK_BYTES],
+                     int level, uint8_t *out, size_t cap, size_t *len) NET_WUR;
+/* Rebuilds a chunk from a delta frame and its base: 0, NET_EFORMAT when the frame is not one
+ * zstd frame declaring 4096 bytes or does not inflate to exactly that, or -ENOMEM. The result
+ * still has to be checked against its id: against another base a frame decodes to other bytes. */
+int net_delta_decode(const uint8_t *frame, size_t len, const uint8_t base[NET_CHUNK_BYTES],
+                     uint8_t out[NET_CHUNK_BYTES]) NET_WUR;
+
+/* ---- launching a VM for an app (docs/protocol.md §10) ----------------------------------------- */
+
+/* An app (role client) asks a node to launch a manifest; while the node resolves and fetches
+ * it, it may send the app MANIFEST_GET, GET and GET_DELTA on the same connection (the app is
+ * the origin) and LAUNCH_PROGRESS; it ends with one LAUNCH_DONE. */
+enum {
+    NET_MSG_LAUNCH = 0x30,          /* client -> node: launch this manifest */
+    NET_MSG_LAUNCH_PROGRESS = 0x31, /* node -> client: how the launch goes */
+    NET_MSG_LAUNCH_DONE = 0x32,     /* node -> client: how it ended */
+};
+typedef enum net_launch_stage {
+    NET_LAUNCH_RESOLVE = 1,  /* finding the manifest and what is missing */
+    NET_LAUNCH_TRANSFER = 2, /* fetching chunks (the VM is written as they arrive) */
+    NET_LAUNCH_APPLY = 3,    /* writing what is left of the VM once every chunk is here */
+    NET_LAUNCH_RESTORE = 4,  /* libvirt restores (or boots) the domain */
+} net_launch_stage;
+typedef enum net_source_kind {
+    NET_SOURCE_LOCAL = 0,     /* held by the node before the launch */
+    NET_SOURCE_NEIGHBOUR = 1, /* a node of the fleet */
+    NET_SOURCE_ORIGIN = 2,    /* the app */
+} net_source_kind;
+#define NET_LAUNCH_SOURCES_MAX 32u
+#define NET_LAUNCH_LABEL_MAX 64u   /* printable ASCII */
+#define NET_LAUNCH_NAME_MAX 64u    /* [A-Za-z0-9._-] */
+#define NET_LAUNCH_TEXT_MAX 1024u  /* printable ASCII */
+
+typedef struct net_launch_source {
+    uint8_t kind; /* net_source_kind */
+    uint64_t bytes;
+    char label[NET_LAUNCH_LABEL_MAX + 1]; /* e.g. "local", a node key's first 12 hex, "origin" */
+} net_launch_source;
+
+/* LAUNCH: name empty lets the node choose the domain's name. */
+typedef struct net_launch_req {
+    uint32_t req;
+    uint8_t id[NET_ID_BYTES];
+    char name[NET_LAUNCH_NAME_MAX + 1];
+} net_launch_req;
+
+typedef struct net_launch_progress {
+    uint32_t req;
+    uint8_t stage; /* net_launch_stage */
+    uint32_t elapsed_ms;
+    uint64_t fetch_total, fetch_done; /* chunk bytes to fetch (uncompressed), fetched so far */
+    uint64_t vm_total, vm_done;       /* bytes of VM to write, written so far */
+    uint32_t nsources;
+    net_launch_source src[NET_LAUNCH_SOURCES_MAX];
+} net_launch_progress;
+
+typedef struct net_launch_done {
+    uint32_t req;
+    bool ok;
+    uint32_t resolve_ms, transfer_ms, apply_ms, restore_ms, total_ms;
+    uint32_t nsources;
+    net_launch_source src[NET_LAUNCH_SOURCES_MAX]; /* bytes by source */
+    char domain[NET_LAUNCH_NAME_MAX + 1];   /* ok: the libvirt domain's name */
+    char uuid[37];                           /* ok: its UUID */
+    char accel[8];                           /* ok: "kvm" or "tcg" */
+    char console[NET_LAUNCH_TEXT_MAX + 1];   /* the serial console's socket on the node, or "" */
+    char address[NET_LAUNCH_TEXT_MAX + 1];   /* how to reach the VM (addresses, ports), or "" */
+    char error[NET_LAUNCH_TEXT_MAX + 1];     /* !ok: why; "" when ok */
+} net_launch_done;
+
+/* Encoders: 0 and a malloc'd payload, -EINVAL for a field over its bound or outside its
+ * alphabet, -ENOMEM. Decoders: pure functions of untrusted bytes, 0 and *out (strings
+ * NUL-terminated), NET_EFORMAT for anything malformed (*out zeroed). */
+int net_launch_encode_req(const net_launch_req *r, uint8_t **out, size_t *len) NET_WUR;
+int net_launch_decode_req(const uint8_t *p, size_t len, net_launch_req *out) NET_WUR;
+int net_launch_encode_progress(const net_launch_progress *r, uint8_t **out, size_t *len) NET_WUR;
+int net_launch_decode_progress(const uint8_t *p, size_t len, net_launch_progress *out) NET_WUR;
+int net_launch_encode_done(const net_launch_done *r, uint8_t **out, size_t *len) NET_WUR;
+int net_launch_decode_done(const uint8_t *p, size_t len, net_launch_done *out) NET_WUR;
+const char *net_launch_stage_name(uint8_t stage); /* "resolve", ... ; "?" when unknown */
 
 /* ---- discovery beacons (docs/discovery.md) -------------------------------------------------- */
 
@@ -495,6 +602,53 @@ void net_beacon_filter_free(net_beacon_filter *f); /* NULL is fine */
 net_beacon_verdict net_beacon_filter_check(net_beacon_filter *f, const net_beacon *b,
                                            uint64_t now_ms);
 const char *net_beacon_verdict_name(net_beacon_verdict v);
+
+/* ---- finding a node from an app (docs/discovery.md, "Apps") ---------------------------------- */
+
+/* An app holds only the client key, so it cannot read beacons. It sends a PROBE datagram (to the
+ * multicast group, or by unicast to a node's host, at the discovery port) sealed with a key
+ * derived from the client key; every node of the fleet that hears it answers the sender by
+ * unicast with an ANSWER sealed the same way: its node key and TCP port, bound to the probe's
+ * random token. */
+#define NET_PROBE_TOKEN_BYTES 16
+typedef struct net_probe_answer {
+    uint8_t node_pk[NET_KEY_BYTES];
+    uint16_t tcp_port;
+    uint64_t chunks, manifests; /* what the node's store holds */
+} net_probe_answer;
+
+/* The probe key: crypto_kdf_derive_from_key(out, 32, 1, "clprobe_", client_key). */
+void net_probe_key(const uint8_t client_key[NET_KEY_BYTES], uint8_t out[NET_KEY_BYTES]);
+/* Seal a probe / an answer into out (*len bytes, at most NET_PROBE_MAX_BYTES); nonce: 24
+ * random bytes (the caller's, a seam). */
+#define NET_PROBE_MAX_BYTES 160
+void net_probe_seal(const uint8_t key[NET_KEY_BYTES], const uint8_t token[NET_PROBE_TOKEN_BYTES],
+                    uint64_t time_ms, const uint8_t nonce[24], uint8_t *out, size_t *len);
+void net_probe_answer_seal(const uint8_t key[NET_KEY_BYTES],
+                           const uint8_t token[NET_PROBE_TOKEN_BYTES], const net_probe_answer *a,
+                           const uint8_t nonce[24], uint8_t *out, size_t *len);
+/* Open untrusted datagrams: 0, NET_EFORMAT (not a probe / answer of this version and size),
+ * NET_EAUTH (not sealed with key). A probe's time is returned for the caller's staleness check;
+ * an answer must carry the token of the probe it answers (NET_EAUTH otherwise). */
+int net_probe_open(const uint8_t key[NET_KEY_BYTES], const uint8_t *buf, size_t len,
+                   uint8_t token[NET_PROBE_TOKEN_BYTES], uint64_t *time_ms) NET_WUR;
+int net_probe_answer_open(const uint8_t key[NET_KEY_BYTES], const uint8_t *buf, size_t len,
+                          const uint8_t token[NET_PROBE_TOKEN_BYTES],
+                          net_probe_answer *out) NET_WUR;
+
+/* A node found by net_probe_find. */
+typedef struct net_found_node {
+    char host[64]; /* the numeric address the answer came from */
+    net_probe_answer a;
+} net_found_node;
+/* Blocking, for apps and the CLI: sends a probe to host:port (a multicast group or a node's
+ * address; port is the discovery port, 7421 by default), a few times within wait_ms, and
+ * collects the distinct answers until wait_ms has passed (or, when host is not a multicast
+ * group, the first answer has come). host is a numeric IPv4 address or a name. Returns the
+ * number found (0..max), or a negative errno: -EHOSTUNREACH when host does not resolve to an
+ * IPv4 address, the socket's error when no probe could be sent at all. */
+int net_probe_find(const uint8_t client_key[NET_KEY_BYTES], const char *host, uint16_t port,
+                   unsigned wait_ms, net_found_node *out, size_t max) NET_WUR;
 
 #ifdef __cplusplus
 }

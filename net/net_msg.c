@@ -13,13 +13,22 @@
  *   NET_GET_MAX chunks, 512 KiB).
  * - The worst case of compressing NET_GET_MAX chunks (ZSTD_compressBound) plus the ids stays
  *   under NET_PAYLOAD_MAX, so an encoder never has to split a batch.
+ * - A DELTAS answer carries one zstd frame per chunk, each coded against a base chunk the
+ *   receiver named (ZSTD_CCtx_refPrefix). The decoder checks every frame's length, that the
+ *   frames fill the payload exactly, and that each is one frame declaring exactly 4096 bytes,
+ *   before anything is decompressed: a delta never inflates to more than one chunk.
+ * - Delta coding keeps one zstd compression and one decompression context per thread, made on
+ *   first use and freed when the thread ends: making them costs several times the coding of one
+ *   chunk (measured: 36 -> 7 us to encode, 16 -> 1 us to decode a chunk with 1 % changed).
  */
 #include "net.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #define MANIFEST_GET_BYTES (NET_ID_BYTES + 8u)
 #define MANIFEST_HEADER    (NET_ID_BYTES + 1u + 8u + 8u)
@@ -31,6 +40,11 @@ _Static_assert(IDS_HEADER + (size_t)NET_GET_MAX * NET_ID_BYTES +
                        ZSTD_COMPRESSBOUND((size_t)NET_GET_MAX * NET_CHUNK_BYTES) <=
                    NET_PAYLOAD_MAX,
                "a CHUNKS answer to a full GET fits one message");
+_Static_assert(IDS_HEADER + (size_t)NET_GET_MAX * (NET_ID_BYTES + 4u + NET_DELTA_MAX) <=
+                   NET_PAYLOAD_MAX,
+               "a DELTAS answer to a full GET_DELTA fits one message");
+_Static_assert(ZSTD_COMPRESSBOUND(NET_CHUNK_BYTES) >= NET_DELTA_MAX,
+               "a delta frame that zstd could make is at least as long as the bound");
 
 static void put32(uint8_t *p, uint32_t v)
 {
@@ -96,6 +110,52 @@ static int decode_ids(const uint8_t *p, size_t len, net_msg *m, bool chunks)
     size_t fsize = ZSTD_findFrameCompressedSize(m->z, m->zlen);
     if (ZSTD_isError(fsize) || fsize != m->zlen) return NET_EFORMAT;
     return 0;
+}
+
+/* One zstd frame, len bytes exactly, declaring exactly one chunk of content. */
+static bool delta_frame_ok(const uint8_t *f, size_t len)
+{
+    if (len == 0 || len > NET_DELTA_MAX) return false;
+    if (ZSTD_getFrameContentSize(f, len) != NET_CHUNK_BYTES) return false;
+    size_t fsize = ZSTD_findFrameCompressedSize(f, len);
+    return !ZSTD_isError(fsize) && fsize == len;
+}
+
+/* GET_DELTA: req u32 || n u32 || n x id[32] || n x base[32] */
+static int decode_get_delta(const uint8_t *p, size_t len, net_msg *m)
+{
+    if (len < IDS_HEADER) return NET_EFORMAT;
+    m->req = get32(p);
+    m->n = get32(p + 4);
+    if (m->n == 0 || m->n > NET_GET_MAX) return NET_EFORMAT;
+    size_t idlen = (size_t)m->n * NET_ID_BYTES;
+    if (len != IDS_HEADER + 2 * idlen) return NET_EFORMAT;
+    m->ids = p + IDS_HEADER;
+    m->bases = m->ids + idlen;
+    return 0;
+}
+
+/* DELTAS: req u32 || n u32 || n x id[32] || n x len u32 || the n frames back to back */
+static int decode_deltas(const uint8_t *p, size_t len, net_msg *m)
+{
+    if (len < IDS_HEADER) return NET_EFORMAT;
+    m->req = get32(p);
+    m->n = get32(p + 4);
+    if (m->n == 0 || m->n > NET_GET_MAX) return NET_EFORMAT;
+    size_t head = IDS_HEADER + (size_t)m->n * (NET_ID_BYTES + 4u);
+    if (len < head) return NET_EFORMAT;
+    m->ids = p + IDS_HEADER;
+    m->zlens = m->ids + (size_t)m->n * NET_ID_BYTES;
+    m->z = p + head;
+    m->zlen = len - head;
+    size_t at = 0;
+    for (uint32_t i = 0; i < m->n; i++) {
+        size_t flen = get32(m->zlens + 4 * i);
+        if (flen == 0 || flen > NET_DELTA_MAX || m->zlen - at < flen) return NET_EFORMAT;
+        if (!delta_frame_ok(m->z + at, flen)) return NET_EFORMAT;
+        at += flen;
+    }
+    return at == m->zlen ? 0 : NET_EFORMAT;
 }
 
 static int decode_bitmap(const uint8_t *p, size_t len, net_msg *m)
@@ -179,6 +239,8 @@ int net_msg_decode(uint8_t type, const uint8_t *payload, size_t len, net_msg *ou
     case NET_MSG_HAVE_BITMAP: rc = decode_bitmap(payload, len, out); break;
     case NET_MSG_PULL_ASK: rc = decode_pull_ask(payload, len, out); break;
     case NET_MSG_PULL_DONE: rc = decode_pull_done(payload, len, out); break;
+    case NET_MSG_GET_DELTA: rc = decode_get_delta(payload, len, out); break;
+    case NET_MSG_DELTAS: rc = decode_deltas(payload, len, out); break;
     default: return -EINVAL;
     }
     if (rc) {
@@ -326,4 +388,125 @@ int net_msg_encode_pull_done(uint32_t req, bool ok, uint64_t chunks, const char 
     put64(*out + 5, chunks);
     if (text_len) memcpy(*out + 13, text, text_len);
     return 0;
+}
+
+int net_msg_encode_get_delta(uint32_t req, const uint8_t *ids, const uint8_t *bases, uint32_t n,
+                             uint8_t **out, size_t *len)
+{
+    if (n == 0 || n > NET_GET_MAX) return -EINVAL;
+    size_t idlen = (size_t)n * NET_ID_BYTES;
+    int rc = alloc_out(IDS_HEADER + 2 * idlen, out, len);
+    if (rc) return rc;
+    put32(*out, req);
+    put32(*out + 4, n);
+    memcpy(*out + IDS_HEADER, ids, idlen);
+    memcpy(*out + IDS_HEADER + idlen, bases, idlen);
+    return 0;
+}
+
+int net_msg_encode_deltas(uint32_t req, const uint8_t *ids, uint32_t n,
+                          const uint8_t *const *frames, const size_t *lens, uint8_t **out,
+                          size_t *len)
+{
+    if (n == 0 || n > NET_GET_MAX) return -EINVAL;
+    size_t head = IDS_HEADER + (size_t)n * (NET_ID_BYTES + 4u), total = head;
+    for (uint32_t i = 0; i < n; i++) {
+        /* What the decoder would refuse is refused here, so a sender learns it at once. */
+        if (!delta_frame_ok(frames[i], lens[i])) return -EINVAL;
+        total += lens[i];
+    }
+    int rc = alloc_out(total, out, len);
+    if (rc) return rc;
+    uint8_t *p = *out;
+    put32(p, req);
+    put32(p + 4, n);
+    memcpy(p + IDS_HEADER, ids, (size_t)n * NET_ID_BYTES);
+    uint8_t *lp = p + IDS_HEADER + (size_t)n * NET_ID_BYTES, *fp = p + head;
+    for (uint32_t i = 0; i < n; i++) {
+        put32(lp + 4 * i, (uint32_t)lens[i]);
+        memcpy(fp, frames[i], lens[i]);
+        fp += lens[i];
+    }
+    return 0;
+}
+
+void net_msg_delta_frame(const net_msg *m, uint32_t i, const uint8_t **frame, size_t *len)
+{
+    size_t at = 0;
+    for (uint32_t k = 0; k < i; k++) at += get32(m->zlens + 4 * k);
+    *frame = m->z + at;
+    *len = get32(m->zlens + 4 * i);
+}
+
+typedef struct delta_ctx {
+    ZSTD_CCtx *c;
+    ZSTD_DCtx *d;
+} delta_ctx;
+
+static pthread_key_t delta_key;
+static pthread_once_t delta_once = PTHREAD_ONCE_INIT;
+static int delta_key_rc;
+
+static void delta_ctx_free(void *p)
+{
+    delta_ctx *x = p;
+    ZSTD_freeCCtx(x->c);
+    ZSTD_freeDCtx(x->d);
+    free(x);
+}
+
+static void delta_key_make(void)
+{
+    delta_key_rc = pthread_key_create(&delta_key, delta_ctx_free);
+}
+
+/* This thread's contexts, or NULL when they cannot be made. */
+static delta_ctx *delta_ctx_get(void)
+{
+    if (pthread_once(&delta_once, delta_key_make) != 0 || delta_key_rc != 0) return NULL;
+    delta_ctx *x = pthread_getspecific(delta_key);
+    if (x) return x;
+    x = calloc(1, sizeof *x);
+    if (!x) return NULL;
+    x->c = ZSTD_createCCtx();
+    x->d = ZSTD_createDCtx();
+    if (!x->c || !x->d || pthread_setspecific(delta_key, x) != 0) {
+        delta_ctx_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+int net_delta_encode(const uint8_t chunk[NET_CHUNK_BYTES], const uint8_t base[NET_CHUNK_BYTES],
+                     int level, uint8_t *out, size_t cap, size_t *len)
+{
+    delta_ctx *x = delta_ctx_get();
+    if (!x) return -ENOMEM;
+    ZSTD_CCtx *c = x->c;
+    /* The frame declares its size (the receiver checks it before inflating) and carries no
+     * checksum: the chunk's id is checked after decoding anyway. */
+    size_t r = ZSTD_CCtx_reset(c, ZSTD_reset_session_and_parameters);
+    if (!ZSTD_isError(r)) r = ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, level);
+    if (!ZSTD_isError(r)) r = ZSTD_CCtx_setParameter(c, ZSTD_c_contentSizeFlag, 1);
+    if (!ZSTD_isError(r)) r = ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 0);
+    if (!ZSTD_isError(r)) r = ZSTD_CCtx_refPrefix(c, base, NET_CHUNK_BYTES);
+    if (!ZSTD_isError(r))
+        r = ZSTD_compress2(c, out, cap < NET_DELTA_MAX ? cap : NET_DELTA_MAX, chunk,
+                           NET_CHUNK_BYTES);
+    if (ZSTD_isError(r))
+        return ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall ? NET_ETOOBIG : NET_EFORMAT;
+    *len = r;
+    return 0;
+}
+
+int net_delta_decode(const uint8_t *frame, size_t len, const uint8_t base[NET_CHUNK_BYTES],
+                     uint8_t out[NET_CHUNK_BYTES])
+{
+    if (!delta_frame_ok(frame, len)) return NET_EFORMAT;
+    delta_ctx *x = delta_ctx_get();
+    if (!x) return -ENOMEM;
+    size_t r = ZSTD_DCtx_reset(x->d, ZSTD_reset_session_and_parameters);
+    if (!ZSTD_isError(r)) r = ZSTD_DCtx_refPrefix(x->d, base, NET_CHUNK_BYTES);
+    if (!ZSTD_isError(r)) r = ZSTD_decompressDCtx(x->d, out, NET_CHUNK_BYTES, frame, len);
+    return !ZSTD_isError(r) && r == NET_CHUNK_BYTES ? 0 : NET_EFORMAT;
 }

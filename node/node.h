@@ -323,6 +323,9 @@ typedef struct node_config {
     unsigned peer_timeout_s;         /* a silent peer expires; default 95 */
     node_log_level log_level;        /* default info */
     char control_socket[512];        /* default <home>/control.sock when empty */
+    char libvirt_uri[256];           /* where launches run; default qemu:///system */
+    char launch_dir[512];            /* launch directories go here; default
+                                        /var/tmp/cloudlet-launch */
 } node_config;
 
 /* The defaults: what a node on a LAN runs with when it has no configuration file. */

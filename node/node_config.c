@@ -30,6 +30,8 @@ void node_config_defaults(node_config *cfg)
     cfg->beacon_interval_s = 30;
     cfg->peer_timeout_s = 95;
     cfg->log_level = NODE_LOG_INFO;
+    snprintf(cfg->libvirt_uri, sizeof cfg->libvirt_uri, "qemu:///system");
+    snprintf(cfg->launch_dir, sizeof cfg->launch_dir, "/var/tmp/cloudlet-launch");
 }
 
 /* "host:port", "[v6]:port"; port 0 only where any_port (the listen address: the system picks
@@ -149,6 +151,12 @@ static int set_key(node_config *c, const char *k, const char *v, unsigned line, 
     } else if (!strcmp(k, "control_socket")) {
         ok = v[0] == '/' && strlen(v) < sizeof c->control_socket;
         if (ok) snprintf(c->control_socket, sizeof c->control_socket, "%s", v);
+    } else if (!strcmp(k, "libvirt_uri")) {
+        ok = v[0] && strlen(v) < sizeof c->libvirt_uri && strstr(v, "://");
+        if (ok) snprintf(c->libvirt_uri, sizeof c->libvirt_uri, "%s", v);
+    } else if (!strcmp(k, "launch_dir")) {
+        ok = v[0] == '/' && strlen(v) < sizeof c->launch_dir - 80; /* room for a domain name */
+        if (ok) snprintf(c->launch_dir, sizeof c->launch_dir, "%s", v);
     } else {
         node__errf(err, "line %u: unknown key '%s'", line, k);
         return CS_EFORMAT;

@@ -141,6 +141,7 @@ void node_daemon_stop(node_daemon *d)
     d->stopping = true;
     node__control_close(d);
     node__replication_stop(d);
+    node__launch_stop(d);
     node__exchange_stop(d);
     node__discovery_stop(d);
     uv_close((uv_handle_t *)&d->sigint, NULL);

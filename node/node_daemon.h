@@ -14,6 +14,7 @@ typedef struct node_daemon_opts {
 typedef struct node__discovery node__discovery;
 typedef struct node__exchange node__exchange;
 typedef struct node__repl node__repl;
+typedef struct node__launch node__launch;
 
 typedef struct node_daemon {
     uv_loop_t loop;
@@ -30,6 +31,8 @@ typedef struct node_daemon {
     node__discovery *disc; /* beacons and the peer table; NULL when the node has none */
     node__exchange *xchg;  /* chunk exchange with peers; NULL for a node without a fleet key */
     node__repl *repls;     /* replication views and replicate requests under way */
+    node__launch *launches; /* launches for apps under way */
+    int accel;              /* the accelerator launches use, once detected (0: not yet) */
 } node_daemon;
 
 /* Reads the configuration and the keys (refusing key files others may read) and takes the
@@ -85,6 +88,38 @@ void node__pull_detach(node_daemon *d, void *arg);
  * peers. */
 int node__pull_start_from(node_daemon *d, const cs_id *id, const net_pull_source *src,
                           unsigned n, node__pull_report_fn fn, void *arg, char err[NODE_ERRMSG]);
+/* The same for a launch: pulls also from the app on connection origin (an xconn of a client
+ * that sent LAUNCH), last of all sources, for what no peer holds. */
+int node__pull_start_origin(node_daemon *d, const cs_id *id, void *origin,
+                            node__pull_report_fn fn, void *arg, char err[NODE_ERRMSG]);
+/* How a pull of id goes: the one requested by arg, else any pull of id under way (a launch
+ * sharing another's fetch). CS_ENOTFOUND when there is none. */
+#define NODE__PULL_SOURCES_MAX 31u
+typedef struct node__pull_progress_t {
+    bool planned;      /* the missing set is known: the manifest is stored, chunks are coming */
+    bool done, failed;
+    uint64_t unique_chunks, held_before, missing, chunks_done, bytes_done;
+    unsigned nsrc;
+    struct {
+        uint8_t pk[NET_KEY_BYTES];
+        bool origin;
+        uint64_t bytes;      /* chunk bytes received (uncompressed) */
+        uint64_t data_bytes; /* manifest and chunk messages' bytes on the wire */
+    } src[NODE__PULL_SOURCES_MAX];
+    char err[NODE_ERRMSG]; /* failed: why */
+} node__pull_progress_t;
+int node__pull_progress(node_daemon *d, const cs_id *id, void *arg, node__pull_progress_t *out);
+
+/* Launches for apps (node_launch.c, docs/launch.md): the exchange hands over a client's LAUNCH
+ * with its connection (conn), and says when that connection is gone. The launch answers with
+ * node__conn_send (takes buf) and lets go of the connection with node__conn_end (a clean
+ * close). */
+void node__launch_asked(node_daemon *d, void *conn, const uint8_t *payload, size_t len);
+void node__launch_conn_gone(node_daemon *d, void *conn);
+void node__launch_stop(node_daemon *d);
+void node__conn_send(void *conn, uint8_t type, uint8_t *buf, size_t len);
+void node__conn_end(void *conn);
+
 /* The exchange's endpoint (to connect to peers), NULL without one or once stopping. */
 net_endpoint *node__exchange_endpoint(node_daemon *d);
 

@@ -24,6 +24,12 @@
  *   the manifest is pinned once every chunk is held.
  * - A pull belongs to the control client that asked for it: when that client goes away the
  *   pull stops (what was stored stays; pulling again fetches only the rest).
+ * - An app (the client role) may only ask for a launch (node_launch.c). A launch's pull takes
+ *   the app's own connection as the origin: the last source, asked for manifests only after every
+ *   peer, and for chunks only those no peer holds (the planner's origin queue). Chunks whose
+ *   parent chunk at the same place is held here are asked of the origin as deltas against it
+ *   (GET_DELTA), the rest whole (GET). Once its missing set is known, a pull tells the store that
+ *   chunks are on their way (cs_arrivals_begin), so a VM can be written while they arrive.
  * - Lifetimes: a connection's state (xconn) outlives its net_conn until its work on the pool
  *   has come back; a pull outlives its connections and its work the same way.
  */
@@ -61,9 +67,9 @@ typedef struct sreq {
     uint8_t type;
     uint8_t *in;
     size_t in_len;
-    uint8_t *out[2]; /* up to two answers (CHUNKS and DONT_HAVE) */
-    size_t out_len[2];
-    uint8_t out_type[2];
+    uint8_t *out[3]; /* up to three answers (DELTAS, CHUNKS and DONT_HAVE) */
+    size_t out_len[3];
+    uint8_t out_type[3];
 } sreq;
 
 /* An answer waiting for the send queue. */
@@ -84,6 +90,7 @@ struct xconn {
     xsource *src; /* the pull source this outgoing connection serves, if any */
     bool asked;   /* a peer asked this node to pull over it (PULL_ASK); its pull runs */
     bool ask_seen;
+    bool launch;  /* an app asked for a launch over it (node_launch.c holds it) */
 };
 
 struct node__exchange {
@@ -119,6 +126,7 @@ struct xsource {
     char ip[64];
     int port;
     xconn *xc; /* NULL until connected and once gone */
+    bool origin; /* the app of a launch: the planner's origin, the last source */
     bool up, gone, in_have, in_plan;
     int status; /* why it went away */
     uint8_t *holdings;
@@ -127,6 +135,7 @@ struct xsource {
     xget *gets;
     double tokens;
     uint64_t bytes, chunks, not_held, wire_bytes;
+    uint64_t data_bytes; /* of wire_bytes, those of manifests and chunks (not inventories) */
     uint64_t failures;   /* chunks and manifests that did not match their id */
     uint64_t bad_chunks; /* of those, chunks (the planner counts them with the timeouts) */
 };
@@ -136,6 +145,8 @@ typedef struct vjob {
     uv_work_t work;
     node__pull *p;
     unsigned src;
+    uint8_t type; /* CHUNKS or DELTAS */
+    cs_id bases[GET_BATCH];
     uint32_t n;
     uint32_t idx[GET_BATCH];
     bool ok[GET_BATCH];
@@ -170,8 +181,10 @@ struct node__pull {
     size_t chain_len[MAX_PARENTS + 1];
     unsigned nchain;
     bool pinned_before;
-    /* the missing set */
+    /* the missing set, and for each the parent's chunk at its place when held here (else zero) */
     cs_id *missing;
+    cs_id *bases;
+    bool arrivals; /* cs_arrivals_begin was called */
     uint32_t n;
     uint64_t unique_chunks, held_before;
     node_plan *plan;
@@ -191,6 +204,29 @@ static void pull_connected(xsource *s);
 static void pull_maybe_free(node__pull *p);
 static void pull_plan(node__pull *p);
 static void manifest_check(node__pull *p);
+
+/* The planner's name of a source: its index for a neighbour, NODE_PLAN_ORIGIN for the app. */
+static int plan_src(const xsource *s)
+{
+    return s->origin ? NODE_PLAN_ORIGIN : (int)s->idx;
+}
+
+/* Chunks in flight at source s (0 before the fetch). */
+static uint64_t src_inflight(node__pull *p, const xsource *s)
+{
+    if (!p->plan || !s->in_plan) return 0;
+    if (!s->origin) return node_plan_peer_inflight(p->plan, s->idx);
+    node_plan_stats_t st;
+    node_plan_stats(p->plan, &st);
+    return st.origin_inflight;
+}
+
+/* Timeouts and other failures the planner counted against source s. */
+static uint64_t src_plan_failures(node__pull *p, const xsource *s)
+{
+    if (!p->plan || !s->in_plan || s->origin) return 0;
+    return node_plan_peer_failures(p->plan, s->idx) - s->bad_chunks;
+}
 
 static const char *short_hex(const uint8_t *k, char out[13])
 {
@@ -297,29 +333,29 @@ static void answer_have(node__exchange *x, sreq *r, const net_msg *m)
     free(ids);
 }
 
-/* Held chunks go in CHUNKS, the rest (absent, or damaged here) in DONT_HAVE. */
-static void answer_get(node__exchange *x, sreq *r, const net_msg *m)
+/* Reads the chunks of ids[0..n) this store holds into data (in the order of good) and names
+ * the rest (absent, or damaged here) in lack; pos[k] is good[k]'s index in ids. */
+static void read_held(node__exchange *x, const uint8_t *ids_in, uint32_t n, uint8_t *data,
+                      cs_id *good, uint32_t *pos, uint32_t *ngood, cs_id *lack, uint32_t *nlack)
 {
-    cs_id ids[NET_GET_MAX], good[NET_GET_MAX], lack[NET_GET_MAX];
-    uint32_t ngood = 0, nlack = 0;
+    cs_id ids[NET_GET_MAX];
     uint8_t bits[NET_GET_MAX / 8] = {0};
-    memcpy(ids, m->ids, (size_t)m->n * CS_ID_BYTES);
-    if (cs_has(x->d->st, ids, m->n, bits) < 0) memset(bits, 0, sizeof bits);
-    for (uint32_t i = 0; i < m->n; i++) {
+    memcpy(ids, ids_in, (size_t)n * CS_ID_BYTES);
+    if (cs_has(x->d->st, ids, n, bits) < 0) memset(bits, 0, sizeof bits);
+    *ngood = *nlack = 0;
+    for (uint32_t i = 0; i < n; i++) {
         if (bits[i / 8] & (1u << (i % 8)))
-            good[ngood++] = ids[i];
+            pos[*ngood] = i, good[(*ngood)++] = ids[i];
         else
-            lack[nlack++] = ids[i];
+            lack[(*nlack)++] = ids[i];
     }
-    uint8_t *data = malloc((size_t)NET_GET_MAX * CS_CHUNK_SIZE);
-    if (!data) return;
-    while (ngood > 0) {
+    while (*ngood > 0) {
         size_t bad = 0;
-        int rc = cs_get(x->d->st, good, ngood, data, &bad);
+        int rc = cs_get(x->d->st, good, *ngood, data, &bad);
         if (rc == 0) break;
-        if ((rc != CS_ECORRUPT && rc != CS_ENOTFOUND) || bad >= ngood) {
-            for (uint32_t i = 0; i < ngood; i++) lack[nlack++] = good[i];
-            ngood = 0;
+        if ((rc != CS_ECORRUPT && rc != CS_ENOTFOUND) || bad >= *ngood) {
+            for (uint32_t i = 0; i < *ngood; i++) lack[(*nlack)++] = good[i];
+            *ngood = 0;
             break;
         }
         if (rc == CS_ECORRUPT) {
@@ -329,9 +365,21 @@ static void answer_get(node__exchange *x, sreq *r, const net_msg *m)
                      "store verify`)",
                      cs_id_to_hex(&good[bad], hex));
         }
-        lack[nlack++] = good[bad];
-        good[bad] = good[--ngood];
+        lack[(*nlack)++] = good[bad];
+        (*ngood)--;
+        good[bad] = good[*ngood];
+        pos[bad] = pos[*ngood];
     }
+}
+
+/* Held chunks go in CHUNKS, the rest in DONT_HAVE. */
+static void answer_get(node__exchange *x, sreq *r, const net_msg *m)
+{
+    cs_id good[NET_GET_MAX], lack[NET_GET_MAX];
+    uint32_t pos[NET_GET_MAX], ngood, nlack;
+    uint8_t *data = malloc((size_t)NET_GET_MAX * CS_CHUNK_SIZE);
+    if (!data) return;
+    read_held(x, m->ids, m->n, data, good, pos, &ngood, lack, &nlack);
     int k = 0;
     if (ngood && net_msg_encode_chunks(m->req, (const uint8_t *)good, ngood, data, ANSWER_LEVEL,
                                        &r->out[k], &r->out_len[k]) == 0)
@@ -340,6 +388,48 @@ static void answer_get(node__exchange *x, sreq *r, const net_msg *m)
                                     &r->out[k], &r->out_len[k]) == 0)
         r->out_type[k++] = NET_MSG_DONT_HAVE;
     free(data);
+}
+
+/* Held chunks whose base is held too go as deltas against it (DELTAS), the other held ones whole
+ * (CHUNKS), the rest in DONT_HAVE. */
+static void answer_get_delta(node__exchange *x, sreq *r, const net_msg *m)
+{
+    cs_id good[NET_GET_MAX], lack[NET_GET_MAX], dids[NET_GET_MAX], whole_ids[NET_GET_MAX];
+    uint32_t pos[NET_GET_MAX], ngood, nlack, nd = 0, nw = 0;
+    uint8_t *data = malloc((size_t)NET_GET_MAX * CS_CHUNK_SIZE);
+    uint8_t *whole = malloc((size_t)NET_GET_MAX * CS_CHUNK_SIZE);
+    uint8_t *frames = malloc((size_t)NET_GET_MAX * NET_DELTA_MAX);
+    const uint8_t *fp[NET_GET_MAX];
+    size_t fl[NET_GET_MAX];
+    if (!data || !whole || !frames) goto out;
+    read_held(x, m->ids, m->n, data, good, pos, &ngood, lack, &nlack);
+    for (uint32_t k = 0; k < ngood; k++) {
+        const uint8_t *chunk = data + (size_t)k * CS_CHUNK_SIZE;
+        uint8_t base[CS_CHUNK_SIZE];
+        cs_id bid;
+        memcpy(bid.b, m->bases + (size_t)pos[k] * CS_ID_BYTES, CS_ID_BYTES);
+        uint8_t *f = frames + (size_t)nd * NET_DELTA_MAX;
+        if (!cs_id_is_zero(&bid) && cs_get(x->d->st, &bid, 1, base, NULL) == 0 &&
+            net_delta_encode(chunk, base, ANSWER_LEVEL, f, NET_DELTA_MAX, &fl[nd]) == 0) {
+            fp[nd] = f;
+            dids[nd++] = good[k];
+        } else {
+            memcpy(whole + (size_t)nw * CS_CHUNK_SIZE, chunk, CS_CHUNK_SIZE);
+            whole_ids[nw++] = good[k];
+        }
+    }
+    int k = 0;
+    if (nd && net_msg_encode_deltas(m->req, (const uint8_t *)dids, nd, fp, fl, &r->out[k],
+                                    &r->out_len[k]) == 0)
+        r->out_type[k++] = NET_MSG_DELTAS;
+    if (nw && net_msg_encode_chunks(m->req, (const uint8_t *)whole_ids, nw, whole, ANSWER_LEVEL,
+                                    &r->out[k], &r->out_len[k]) == 0)
+        r->out_type[k++] = NET_MSG_CHUNKS;
+    if (nlack && net_msg_encode_ids(NET_MSG_DONT_HAVE, m->req, (const uint8_t *)lack, nlack,
+                                    &r->out[k], &r->out_len[k]) == 0)
+        r->out_type[k++] = NET_MSG_DONT_HAVE;
+out:
+    free(data), free(whole), free(frames);
 }
 
 static void serve_work(uv_work_t *w)
@@ -351,6 +441,8 @@ static void serve_work(uv_work_t *w)
         answer_manifest(r->xc->x, r, &m);
     else if (r->type == NET_MSG_HAVE)
         answer_have(r->xc->x, r, &m);
+    else if (r->type == NET_MSG_GET_DELTA)
+        answer_get_delta(r->xc->x, r, &m);
     else
         answer_get(r->xc->x, r, &m);
 }
@@ -360,7 +452,7 @@ static void serve_done(uv_work_t *w, int status)
     sreq *r = w->data;
     xconn *xc = r->xc;
     xc->working--;
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 3; i++)
         if (r->out[i]) xconn_send(xc, r->out_type[i], r->out[i], r->out_len[i]);
     free(r->in);
     free(r);
@@ -434,12 +526,22 @@ static void on_message(net_conn *c, uint8_t type, const uint8_t *payload, size_t
     xconn *xc = net_conn_data(c);
     switch (type) {
     case NET_MSG_PULL_ASK: serve_pull_ask(xc, payload, len); break;
+    case NET_MSG_LAUNCH:
+        if (net_conn_role(c) != NET_ROLE_CLIENT || xc->launch) {
+            net_conn_abort(c, NET_EROLE); /* one launch per connection, from an app */
+            break;
+        }
+        xc->launch = true;
+        node__launch_asked(xc->x->d, xc, payload, len);
+        break;
     case NET_MSG_MANIFEST_GET:
     case NET_MSG_HAVE:
-    case NET_MSG_GET: serve_request(xc, type, payload, len); break;
+    case NET_MSG_GET:
+    case NET_MSG_GET_DELTA: serve_request(xc, type, payload, len); break;
     case NET_MSG_MANIFEST:
     case NET_MSG_HAVE_BITMAP:
     case NET_MSG_CHUNKS:
+    case NET_MSG_DELTAS:
     case NET_MSG_DONT_HAVE:
         if (xc->src)
             pull_on_answer(xc->src, type, payload, len);
@@ -463,6 +565,10 @@ static void on_close(net_conn *c, int status)
     if (xc->asked) {
         xc->asked = false;
         node__pull_detach(xc->x->d, xc); /* the asker went away: its pull stops */
+    }
+    if (xc->launch) {
+        xc->launch = false;
+        node__launch_conn_gone(xc->x->d, xc);
     }
     xsource *s = xc->src;
     if (s) {
@@ -572,16 +678,14 @@ static void json_sources(FILE *f, node__pull *p)
         char key[NODE_KEY_TEXT], addr[100];
         node_key_encode(NODE_KEY_NODE_PUBLIC, s->pk, key);
         snprintf(addr, sizeof addr, "%s:%d", s->ip, s->port);
-        uint64_t inflight = p->plan && s->in_plan ? node_plan_peer_inflight(p->plan, i) : 0;
-        uint64_t timeouts =
-            p->plan && s->in_plan ? node_plan_peer_failures(p->plan, i) - s->bad_chunks : 0;
+        uint64_t inflight = src_inflight(p, s), timeouts = src_plan_failures(p, s);
         fprintf(f, "%s{\"key\": \"%s\", \"address\": ", i ? ", " : "", key);
         node__json_str(f, addr);
         fprintf(f,
-                ", \"state\": \"%s\", \"chunks\": %llu, \"bytes\": %llu, \"wire_bytes\": %llu, "
-                "\"failures\": %llu, \"timeouts\": %llu, \"not_held\": %llu, "
-                "\"inflight\": %llu}",
-                s->gone ? "gone"
+                ", \"origin\": %s, \"state\": \"%s\", \"chunks\": %llu, \"bytes\": %llu, "
+                "\"wire_bytes\": %llu, \"failures\": %llu, \"timeouts\": %llu, "
+                "\"not_held\": %llu, \"inflight\": %llu}",
+                s->origin ? "true" : "false", s->gone ? "gone"
                 : s->up ? "up"
                         : "connecting",
                 (unsigned long long)s->chunks, (unsigned long long)s->bytes,
@@ -619,11 +723,8 @@ static void report(node__pull *p, bool last)
                 (unsigned long long)((uint64_t)p->n * CS_CHUNK_SIZE));
     }
     uint64_t failures = 0;
-    for (unsigned i = 0; i < p->nsrc; i++) {
-        failures += p->src[i].failures;
-        if (p->plan && p->src[i].in_plan)
-            failures += node_plan_peer_failures(p->plan, i) - p->src[i].bad_chunks;
-    }
+    for (unsigned i = 0; i < p->nsrc; i++)
+        failures += p->src[i].failures + src_plan_failures(p, &p->src[i]);
     fprintf(f, "\"failures\": %llu, ", (unsigned long long)failures);
     json_sources(f, p);
     fputs("}\n", f);
@@ -660,6 +761,7 @@ static void pull_maybe_free(node__pull *p)
     free(p->src);
     free(p->mbuf);
     free(p->missing);
+    free(p->bases);
     node_plan_free(p->plan);
     free(p);
 }
@@ -698,10 +800,19 @@ static void pull_end(node__pull *p)
 {
     if (p->phase == P_DONE) return;
     p->phase = P_DONE;
+    if (p->arrivals) cs_arrivals_end(p->x->d->st); /* readers waiting for chunks give up */
+    p->arrivals = false;
     report(p, true);
     p->report = NULL;
-    for (unsigned i = 0; i < p->nsrc; i++)
-        if (p->src[i].xc && p->src[i].xc->c) net_conn_close(p->src[i].xc->c);
+    for (unsigned i = 0; i < p->nsrc; i++) {
+        xsource *s = &p->src[i];
+        if (s->origin && s->xc) {
+            s->xc->src = NULL; /* the app's connection stays with its launch */
+            s->xc = NULL;
+        } else if (s->xc && s->xc->c) {
+            net_conn_close(s->xc->c);
+        }
+    }
     if (p->timer_open && !uv_is_closing((uv_handle_t *)&p->timer))
         uv_close((uv_handle_t *)&p->timer, timer_closed);
     release_ingest(p);
@@ -858,11 +969,15 @@ static void ask_manifest(node__pull *p)
         free(buf);
         if (rc == 0) return;
     }
+    bool app = p->nsrc && p->src[p->nsrc - 1].origin;
+    char child[CS_ID_HEX + 1];
+    cs_id_to_hex(&p->id, child);
     if (cs_id_equal(&p->want, &p->id))
-        pull_fail(p, "no peer holds manifest %s (%u asked)", cs_id_to_hex(&p->want, hex), p->nsrc);
+        pull_fail(p, "unknown manifest %s: no peer %sholds it (%u asked)",
+                  cs_id_to_hex(&p->want, hex), app ? "and not the app " : "", p->nsrc);
     else
-        pull_fail(p, "no peer holds manifest %s, the parent of %s", cs_id_to_hex(&p->want, hex),
-                  cs_id_to_hex(&p->id, hex));
+        pull_fail(p, "no peer %sholds manifest %s, the parent (base VM) of %s",
+                  app ? "and not the app " : "", cs_id_to_hex(&p->want, hex), child);
 }
 
 static void on_manifest(xsource *s, const net_msg *m)
@@ -892,6 +1007,7 @@ static void on_manifest(xsource *s, const net_msg *m)
     memcpy(p->mbuf + p->mhave, m->part, m->part_len);
     p->mhave += m->part_len;
     s->wire_bytes += m->part_len;
+    s->data_bytes += m->part_len;
     if (p->mhave < p->mtotal) {
         uint8_t *buf;
         size_t len;
@@ -927,7 +1043,7 @@ typedef struct pjob {
     cs_id id;
     int rc;
     bool pinned;
-    cs_id *missing;
+    cs_id *missing, *bases;
     uint32_t n;
     uint64_t unique, held;
 } pjob;
@@ -943,10 +1059,10 @@ static int cmp_pos(const void *a, const void *b, void *arg)
 }
 
 /* Keeps the first position of each distinct id of ids[0..n), in their order, and returns how
- * many (or -ENOMEM). The manifest's order is what the sources stored: neighbouring chunks share
- * a segment there (a GET of them decompresses one segment, not one each) and compress together
- * on the wire. */
-static int64_t distinct_in_order(cs_id *ids, size_t n)
+ * many (or -ENOMEM); also[] (beside ids) is kept the same way. The manifest's order is what the
+ * sources stored: neighbouring chunks share a segment there (a GET of them decompresses one
+ * segment, not one each) and compress together on the wire. */
+static int64_t distinct_in_order(cs_id *ids, cs_id *also, size_t n)
 {
     uint32_t *pos = malloc((n ? n : 1) * sizeof *pos);
     uint8_t *keep = calloc(n ? n : 1, 1);
@@ -960,7 +1076,7 @@ static int64_t distinct_in_order(cs_id *ids, size_t n)
         if (i == 0 || !cs_id_equal(&ids[pos[i - 1]], &ids[pos[i]])) keep[pos[i]] = 1;
     size_t u = 0;
     for (size_t i = 0; i < n; i++)
-        if (keep[i]) ids[u++] = ids[i];
+        if (keep[i]) also[u] = also[i], ids[u++] = ids[i];
     free(pos), free(keep);
     return (int64_t)u;
 }
@@ -975,44 +1091,88 @@ static int find_pins(const cs_manifest_info *info, void *arg)
     return 0;
 }
 
-static void plan_work(uv_work_t *w)
+/* Keeps base[i] only where the store holds it (a delta against it can be applied here). */
+static int keep_held_bases(cs_store *st, cs_id *base, size_t n)
 {
-    pjob *j = w->data;
-    cs_store *st = j->p->x->d->st;
-    cs_manifest *m = NULL;
-    if ((j->rc = cs_manifest_get(st, &j->id, &m))) return;
-    int lrc = cs_manifest_list(st, find_pins, j);
-    if (lrc < 0) {
+    uint8_t *bits = malloc(65536 / 8);
+    if (!bits) return -ENOMEM;
+    for (size_t off = 0; off < n; off += 65536) {
+        size_t k = n - off < 65536 ? n - off : 65536;
+        memset(bits, 0, 65536 / 8);
+        int64_t held = cs_has(st, base + off, k, bits);
+        if (held < 0) {
+            free(bits);
+            return (int)held;
+        }
+        for (size_t i = 0; i < k; i++)
+            if (!(bits[i / 8] & (1u << (i % 8)))) base[off + i] = cs_zero_id;
+    }
+    free(bits);
+    return 0;
+}
+
+/* The distinct non-zero chunks of the manifest in its order, with the parent's chunk at the
+ * same place beside each (zero when it has no parent, the parent has no chunk there, or it is
+ * not held here). */
+static int manifest_chunks(cs_store *st, const cs_id *id, cs_id **ids_out, cs_id **bases_out,
+                           size_t *n_out)
+{
+    cs_manifest *m = NULL, *parent = NULL;
+    int rc = cs_manifest_get(st, id, &m);
+    if (rc) return rc;
+    if (m->has_parent && (rc = cs_manifest_get(st, &m->parent, &parent))) {
         cs_manifest_free(m);
-        j->rc = lrc;
-        return;
+        return rc;
     }
     size_t total = 0;
     for (size_t i = 0; i < m->nimages; i++) total += m->images[i].nchunks;
     cs_id *all = malloc((total ? total : 1) * sizeof *all);
-    if (!all) {
-        cs_manifest_free(m);
-        j->rc = -ENOMEM;
-        return;
-    }
+    cs_id *base = calloc(total ? total : 1, sizeof *base);
     size_t k = 0;
-    for (size_t i = 0; i < m->nimages; i++)
-        for (uint64_t c = 0; c < m->images[i].nchunks; c++)
-            if (!cs_id_is_zero(&m->images[i].chunks[c])) all[k++] = m->images[i].chunks[c];
+    for (size_t i = 0; all && base && i < m->nimages; i++) {
+        const cs_image *im = &m->images[i];
+        const cs_image *pim = parent ? cs_manifest_find_image(parent, im->name) : NULL;
+        for (uint64_t c = 0; c < im->nchunks; c++) {
+            if (cs_id_is_zero(&im->chunks[c])) continue;
+            if (pim && c < pim->nchunks && !cs_id_equal(&pim->chunks[c], &im->chunks[c]))
+                base[k] = pim->chunks[c];
+            all[k++] = im->chunks[c];
+        }
+    }
+    bool has_parent = parent != NULL;
     cs_manifest_free(m);
-    int64_t distinct = distinct_in_order(all, k);
+    cs_manifest_free(parent);
+    int64_t distinct = all && base ? distinct_in_order(all, base, k) : -ENOMEM;
+    if (distinct >= 0 && has_parent) {
+        int brc = keep_held_bases(st, base, (size_t)distinct);
+        if (brc) distinct = brc;
+    }
     if (distinct < 0) {
-        free(all);
-        j->rc = (int)distinct;
+        free(all), free(base);
+        return (int)distinct;
+    }
+    *ids_out = all, *bases_out = base, *n_out = (size_t)distinct;
+    return 0;
+}
+
+static void plan_work(uv_work_t *w)
+{
+    pjob *j = w->data;
+    cs_store *st = j->p->x->d->st;
+    int lrc = cs_manifest_list(st, find_pins, j);
+    if (lrc < 0) {
+        j->rc = lrc;
         return;
     }
-    size_t u = (size_t)distinct;
+    cs_id *all = NULL, *base = NULL;
+    size_t u = 0;
+    if ((j->rc = manifest_chunks(st, &j->id, &all, &base, &u))) return;
     j->unique = u;
     /* What is held already stays; the missing keep the manifest's order. */
     size_t nm = 0;
     uint8_t *bits = malloc(65536 / 8);
     if (!bits) {
-        free(all);
+        free(all), free(base);
         j->rc = -ENOMEM;
         return;
     }
@@ -1021,17 +1181,17 @@ static void plan_work(uv_work_t *w)
         memset(bits, 0, 65536 / 8);
         int64_t held = cs_has(st, all + off, n, bits);
         if (held < 0) {
-            free(bits);
-            free(all);
+            free(bits), free(all), free(base);
             j->rc = (int)held;
             return;
         }
         for (size_t i = 0; i < n; i++)
-            if (!(bits[i / 8] & (1u << (i % 8)))) all[nm++] = all[off + i];
+            if (!(bits[i / 8] & (1u << (i % 8)))) base[nm] = base[off + i], all[nm++] = all[off + i];
     }
     free(bits);
     j->held = u - nm;
     j->missing = all;
+    j->bases = base;
     j->n = (uint32_t)nm;
 }
 
@@ -1049,9 +1209,11 @@ static void plan_done(uv_work_t *w, int status)
         p->unique_chunks = j->unique;
         p->held_before = j->held;
         p->missing = j->missing;
+        p->bases = j->bases;
         p->n = j->n;
     } else {
         free(j->missing);
+        free(j->bases);
     }
     free(j);
     if (p->phase != P_PLAN) {
@@ -1067,6 +1229,8 @@ static void plan_done(uv_work_t *w, int status)
         pull_finish(p);
         return;
     }
+    cs_arrivals_begin(p->x->d->st); /* a launch may write the VM while the chunks arrive */
+    p->arrivals = true;
     start_have(p);
 }
 
@@ -1131,7 +1295,7 @@ static void start_have(node__pull *p)
     set_phase(p, P_HAVE);
     for (unsigned i = 0; i < p->nsrc; i++) {
         xsource *s = &p->src[i];
-        if (!s->up || s->gone) continue; /* one still connecting takes no part */
+        if (!s->up || s->gone || s->origin) continue; /* one still connecting takes no part */
         s->in_have = true;
         s->holdings = calloc((size_t)p->n / 8 + 1, 1);
         if (!s->holdings) {
@@ -1173,12 +1337,18 @@ static void start_fetch(node__pull *p)
         pull_fail(p, "out of memory");
         return;
     }
+    unsigned npeers = 0;
     for (unsigned i = 0; i < p->nsrc; i++) {
         xsource *s = &p->src[i];
+        if (s->origin) {
+            s->in_plan = s->up && !s->gone; /* the last source: not one of the planner's peers */
+            continue;
+        }
+        npeers++;
         s->in_plan = s->in_have && !s->gone && s->have_done;
         h[i] = s->in_plan ? s->holdings : NULL;
     }
-    p->plan = node_plan_new(p->n, p->nsrc, REQ_TIMEOUT_MS);
+    p->plan = node_plan_new(p->n, npeers, REQ_TIMEOUT_MS);
     int rc = p->plan ? node_plan_start(p->plan, h) : -ENOMEM;
     free(h);
     if (rc) {
@@ -1227,7 +1397,38 @@ static bool can_ask(node__pull *p, unsigned i)
     if (!s->in_plan || s->gone || !s->xc || !s->xc->c) return false;
     if (cfg->rate_per_peer && s->tokens <= 0) return false;
     if (net_conn_queued(s->xc->c) > SEND_ROOM) return false;
-    return node_plan_peer_inflight(p->plan, i) < cfg->max_inflight_per_peer;
+    return src_inflight(p, s) < cfg->max_inflight_per_peer;
+}
+
+/* Sends one request for chunks idx[0..n) of the missing set to s: GET, or GET_DELTA naming
+ * each chunk's base. The chunks stay in flight at s until answered, gone or expired. */
+static int send_get(node__pull *p, xsource *s, const uint32_t *idx, uint32_t n, uint8_t type,
+                    uint64_t now)
+{
+    xget *g = calloc(1, sizeof *g);
+    if (!g) return -ENOMEM;
+    cs_id ids[GET_BATCH], bases[GET_BATCH];
+    for (uint32_t k = 0; k < n; k++) {
+        g->idx[k] = idx[k];
+        ids[k] = p->missing[idx[k]];
+        bases[k] = p->bases[idx[k]];
+    }
+    g->n = g->left = n;
+    g->req = ++p->next_req;
+    g->sent_ms = now;
+    g->next = s->gets;
+    s->gets = g;
+    uint8_t *buf;
+    size_t len;
+    int rc = type == NET_MSG_GET_DELTA
+                 ? net_msg_encode_get_delta(g->req, (const uint8_t *)ids, (const uint8_t *)bases,
+                                            n, &buf, &len)
+                 : net_msg_encode_ids(NET_MSG_GET, g->req, (const uint8_t *)ids, n, &buf, &len);
+    if (rc == 0) {
+        rc = net_conn_send(s->xc->c, type, buf, len);
+        free(buf);
+    }
+    return rc;
 }
 
 /* Issues GETs while the total bucket has tokens, each to the source with the fewest chunks in
@@ -1246,43 +1447,39 @@ static void issue(node__pull *p)
         for (unsigned k = 0; k < p->nsrc; k++) {
             unsigned i = (p->rr + k) % p->nsrc; /* ties go round the sources */
             if (dry[i] || !can_ask(p, i)) continue;
-            uint64_t inflight = node_plan_peer_inflight(p->plan, i);
+            uint64_t inflight = src_inflight(p, &p->src[i]);
             if (inflight < best_inflight) best = i, best_inflight = inflight;
         }
         if (best == p->nsrc) break;
         xsource *s = &p->src[best];
         size_t room = cfg->max_inflight_per_peer - best_inflight;
-        xget *g = calloc(1, sizeof *g);
-        if (!g) break;
-        g->n = (uint32_t)node_plan_next(p->plan, (int)best, room < GET_BATCH ? room : GET_BATCH,
-                                        g->idx, now);
-        if (g->n == 0) {
-            free(g);
+        uint32_t idx[GET_BATCH];
+        uint32_t n = (uint32_t)node_plan_next(p->plan, plan_src(s),
+                                              room < GET_BATCH ? room : GET_BATCH, idx, now);
+        if (n == 0) {
             dry[best] = true;
             continue;
         }
         p->rr = best + 1;
-        cs_id ids[GET_BATCH];
-        for (uint32_t k = 0; k < g->n; k++) ids[k] = p->missing[g->idx[k]];
-        g->req = ++p->next_req;
-        g->left = g->n;
-        g->sent_ms = now;
-        uint8_t *buf;
-        size_t len;
-        int rc = net_msg_encode_ids(NET_MSG_GET, g->req, (const uint8_t *)ids, g->n, &buf, &len);
-        if (rc == 0) {
-            rc = net_conn_send(s->xc->c, NET_MSG_GET, buf, len);
-            free(buf);
+        /* The origin is the slow link: a chunk whose parent chunk is held here goes as a delta
+         * against it. Neighbours send whole chunks (cheaper for both ends on a LAN). */
+        uint32_t nd = 0, nw = 0, didx[GET_BATCH], widx[GET_BATCH];
+        for (uint32_t k = 0; k < n; k++) {
+            if (s->origin && !cs_id_is_zero(&p->bases[idx[k]]))
+                didx[nd++] = idx[k];
+            else
+                widx[nw++] = idx[k];
         }
-        g->next = s->gets;
-        s->gets = g;
+        int rc = 0;
+        if (nd) rc = send_get(p, s, didx, nd, NET_MSG_GET_DELTA, now);
+        if (nw && rc == 0) rc = send_get(p, s, widx, nw, NET_MSG_GET, now);
         if (rc) {
             /* The chunks stay in flight at this source until it is gone or they expire. */
             if (s->xc && s->xc->c) net_conn_abort(s->xc->c, rc);
             dry[best] = true;
             continue;
         }
-        double bytes = (double)g->n * CS_CHUNK_SIZE;
+        double bytes = (double)n * CS_CHUNK_SIZE;
         p->tokens_total -= bytes;
         s->tokens -= bytes;
     }
@@ -1298,8 +1495,10 @@ static void check_end(node__pull *p)
         return;
     }
     if (p->verifying) return;
-    for (unsigned i = 0; i < p->nsrc; i++)
-        if (p->src[i].in_plan && node_plan_peer_inflight(p->plan, i)) return;
+    for (unsigned i = 0; i < p->nsrc; i++) {
+        if (src_inflight(p, &p->src[i])) return;
+        if (p->src[i].origin && p->src[i].in_plan && !p->src[i].gone) return; /* it has them */
+    }
     node_plan_stats_t st;
     node_plan_stats(p->plan, &st);
     if (st.done + st.origin_pending == st.total)
@@ -1344,6 +1543,29 @@ static int match_ids(node__pull *p, xget *g, const net_msg *m, uint32_t *idx)
     return 0;
 }
 
+/* Rebuilds the batch's chunks into data: a CHUNKS frame inflated, or each delta of a DELTAS
+ * applied to its base (read from the store). decoded[i] is false for a chunk that could not be
+ * rebuilt (all of them when a CHUNKS frame does not inflate to what it declared). */
+static void decode_batch(vjob *j, uint8_t *data, bool *decoded)
+{
+    net_msg m;
+    memset(decoded, 0, j->n * sizeof *decoded);
+    if (net_msg_decode(j->type, j->payload, j->len, &m) != 0) return;
+    if (j->type == NET_MSG_CHUNKS) {
+        if (net_msg_chunks(&m, data) == 0)
+            for (uint32_t i = 0; i < j->n; i++) decoded[i] = true;
+        return;
+    }
+    for (uint32_t i = 0; i < j->n; i++) {
+        uint8_t base[CS_CHUNK_SIZE];
+        const uint8_t *frame;
+        size_t flen;
+        net_msg_delta_frame(&m, i, &frame, &flen);
+        decoded[i] = cs_get(j->p->x->d->st, &j->bases[i], 1, base, NULL) == 0 &&
+                     net_delta_decode(frame, flen, base, data + (size_t)i * CS_CHUNK_SIZE) == 0;
+    }
+}
+
 static void verify_work(uv_work_t *w)
 {
     vjob *j = w->data;
@@ -1352,21 +1574,22 @@ static void verify_work(uv_work_t *w)
         j->rc = -ENOMEM;
         return;
     }
-    net_msg m;
-    if (net_msg_decode(NET_MSG_CHUNKS, j->payload, j->len, &m) != 0 || net_msg_chunks(&m, data)) {
-        free(data); /* the batch does not inflate to what it declared: every chunk fails */
-        return;
-    }
+    bool decoded[GET_BATCH];
+    decode_batch(j, data, decoded);
     /* cs_put(expect) checks every chunk against its id and stores none of the batch when one
      * does not match: that one is dropped and the rest tried again, so one bad chunk costs only
      * itself (and the good ones are hashed once more per bad one in their batch). */
-    uint32_t ngood = j->n;
+    uint32_t ngood = 0;
     uint32_t pos[GET_BATCH];
     cs_id good_ids[GET_BATCH];
     for (uint32_t i = 0; i < j->n; i++) {
-        pos[i] = i;
-        good_ids[i] = j->ids[i];
-        j->ok[i] = !cs_id_is_zero(&j->ids[i]); /* the zero chunk is never asked for */
+        j->ok[i] = decoded[i] && !cs_id_is_zero(&j->ids[i]); /* the zero chunk is never asked */
+        if (!j->ok[i]) continue;
+        if (ngood != i)
+            memmove(data + (size_t)ngood * CS_CHUNK_SIZE, data + (size_t)i * CS_CHUNK_SIZE,
+                    CS_CHUNK_SIZE);
+        pos[ngood] = i;
+        good_ids[ngood++] = j->ids[i];
     }
     while (ngood) {
         size_t bad = 0;
@@ -1386,6 +1609,15 @@ static void verify_work(uv_work_t *w)
     free(data);
 }
 
+/* Chunks the planner counted as received from s. */
+static uint64_t src_received(node__pull *p, const xsource *s)
+{
+    if (!s->origin) return node_plan_peer_received(p->plan, s->idx);
+    node_plan_stats_t st;
+    node_plan_stats(p->plan, &st);
+    return st.origin_received;
+}
+
 static void verify_done(uv_work_t *w, int status)
 {
     vjob *j = w->data;
@@ -1401,10 +1633,10 @@ static void verify_done(uv_work_t *w, int status)
             for (uint32_t i = 0; i < j->n; i++) {
                 /* A late answer (the chunk expired and went elsewhere) is stored all the same
                  * but counted only where the planner took it. */
-                uint64_t before = node_plan_peer_received(p->plan, j->src);
-                node_plan_received(p->plan, (int)j->src, j->idx[i], j->ok[i]);
+                uint64_t before = src_received(p, s);
+                node_plan_received(p->plan, plan_src(s), j->idx[i], j->ok[i]);
                 if (j->ok[i]) {
-                    if (node_plan_peer_received(p->plan, j->src) == before) continue;
+                    if (src_received(p, s) == before) continue;
                     s->chunks++;
                     s->bytes += CS_CHUNK_SIZE;
                     p->chunks_done++;
@@ -1437,10 +1669,21 @@ static void on_chunks(xsource *s, const net_msg *m, const uint8_t *payload, size
         return;
     }
     s->wire_bytes += len;
+    s->data_bytes += len;
     j->p = p;
     j->src = s->idx;
+    j->type = m->type;
     j->n = m->n;
-    for (uint32_t i = 0; i < m->n; i++) j->ids[i] = p->missing[j->idx[i]];
+    for (uint32_t i = 0; i < m->n; i++) {
+        j->ids[i] = p->missing[j->idx[i]];
+        j->bases[i] = p->bases[j->idx[i]];
+        /* A delta is applied only to the base this node named in its GET_DELTA. */
+        if (m->type == NET_MSG_DELTAS && cs_id_is_zero(&j->bases[i])) {
+            free(j);
+            if (s->xc && s->xc->c) net_conn_abort(s->xc->c, NET_EFORMAT);
+            return;
+        }
+    }
     g->left -= m->n;
     if (g->left == 0) {
         *link = g->next;
@@ -1474,6 +1717,14 @@ static void on_dont_have(xsource *s, const net_msg *m)
         if (s->xc && s->xc->c) net_conn_abort(s->xc->c, NET_EFORMAT);
         return;
     }
+    if (s->origin) {
+        char hex[CS_ID_HEX + 1];
+        cs_id c;
+        memcpy(c.b, m->ids, CS_ID_BYTES);
+        pull_fail(p, "the app does not hold chunk %s (and no peer does): is its VM whole there?",
+                  cs_id_to_hex(&c, hex));
+        return;
+    }
     for (uint32_t i = 0; i < m->n; i++) node_plan_not_held(p->plan, (int)s->idx, idx[i]);
     s->not_held += m->n;
     g->left -= m->n;
@@ -1498,6 +1749,7 @@ static void pull_on_answer(xsource *s, uint8_t type, const uint8_t *payload, siz
     case NET_MSG_MANIFEST: on_manifest(s, &m); break;
     case NET_MSG_HAVE_BITMAP: on_have_bitmap(s, &m); break;
     case NET_MSG_CHUNKS:
+    case NET_MSG_DELTAS:
         if (p->phase == P_FETCH) on_chunks(s, &m, payload, len);
         break;
     case NET_MSG_DONT_HAVE:
@@ -1668,6 +1920,12 @@ static void pull_source_gone(xsource *s, int status)
         return;
     }
     char k[13];
+    if (s->origin) {
+        /* The app's chunks can come from nowhere else: what was stored stays for a retry. */
+        pull_fail(p, "the app went away before sending what no peer holds (%s)",
+                  net_strerror(status));
+        return;
+    }
     node_log(was_up ? NODE_LOG_WARN : NODE_LOG_INFO, "pull: peer %s at %s:%d %s: %s",
              short_hex(s->pk, k), s->ip, s->port, was_up ? "gone" : "not reachable",
              net_strerror(status));
@@ -1750,24 +2008,35 @@ static int add_source(node__pull *p, const uint8_t pk[NET_KEY_BYTES], const char
 }
 
 static int pull_start(node_daemon *d, const cs_id *id, const char *peer,
-                      const net_pull_source *extra, unsigned nextra, node__pull_report_fn fn,
-                      void *arg, char err[NODE_ERRMSG]);
+                      const net_pull_source *extra, unsigned nextra, xconn *origin,
+                      node__pull_report_fn fn, void *arg, char err[NODE_ERRMSG]);
 
 int node__pull_start(node_daemon *d, const cs_id *id, const char *peer, node__pull_report_fn fn,
                      void *arg, char err[NODE_ERRMSG])
 {
-    return pull_start(d, id, peer, NULL, 0, fn, arg, err);
+    return pull_start(d, id, peer, NULL, 0, NULL, fn, arg, err);
 }
 
 int node__pull_start_from(node_daemon *d, const cs_id *id, const net_pull_source *src,
                           unsigned n, node__pull_report_fn fn, void *arg, char err[NODE_ERRMSG])
 {
-    return pull_start(d, id, NULL, src, n, fn, arg, err);
+    return pull_start(d, id, NULL, src, n, NULL, fn, arg, err);
+}
+
+int node__pull_start_origin(node_daemon *d, const cs_id *id, void *origin,
+                            node__pull_report_fn fn, void *arg, char err[NODE_ERRMSG])
+{
+    xconn *xc = origin;
+    if (!xc->c) {
+        node__errf(err, "the app went away");
+        return NET_ECLOSED;
+    }
+    return pull_start(d, id, NULL, NULL, 0, xc, fn, arg, err);
 }
 
 static int pull_start(node_daemon *d, const cs_id *id, const char *peer,
-                      const net_pull_source *extra, unsigned nextra, node__pull_report_fn fn,
-                      void *arg, char err[NODE_ERRMSG])
+                      const net_pull_source *extra, unsigned nextra, xconn *origin,
+                      node__pull_report_fn fn, void *arg, char err[NODE_ERRMSG])
 {
     node__exchange *x = d->xchg;
     if (!x || x->stopping) {
@@ -1798,7 +2067,21 @@ static int pull_start(node_daemon *d, const cs_id *id, const char *peer,
             rc = add_source(p, d->cfg.peers[i].key, d->cfg.peers[i].host, d->cfg.peers[i].port);
     for (unsigned i = 0; i < nextra && !rc; i++) /* named by a PULL_ASK */
         rc = add_source(p, extra[i].key, extra[i].host, extra[i].port);
+    if (!rc && origin) { /* the app, last: asked only for what no peer holds */
+        const uint8_t *pk = net_conn_peer_key(origin->c);
+        unsigned before = p->nsrc;
+        rc = add_source(p, pk, "origin", 0);
+        if (!rc && p->nsrc == before) rc = -EINVAL; /* an app with a node's key */
+        if (!rc) {
+            xsource *s = &p->src[p->nsrc - 1];
+            s->origin = true;
+            s->up = true;
+            s->xc = origin;
+            origin->src = s;
+        }
+    }
     if (rc) {
+        if (origin) origin->src = NULL;
         free(p->src);
         free(p);
         return rc;
@@ -1824,6 +2107,7 @@ static int pull_start(node_daemon *d, const cs_id *id, const char *peer,
     p->phase = P_CONNECT;
     for (unsigned i = 0; i < p->nsrc; i++) {
         xsource *s = &p->src[i];
+        if (s->origin) continue; /* connected already */
         xconn *xc = xconn_new(x);
         net_conn *c = NULL;
         int crc =
@@ -1844,6 +2128,49 @@ static int pull_start(node_daemon *d, const cs_id *id, const char *peer,
     report(p, false);
     after_connect(p);
     return 0;
+}
+
+int node__pull_progress(node_daemon *d, const cs_id *id, void *arg, node__pull_progress_t *out)
+{
+    memset(out, 0, sizeof *out);
+    node__pull *p = NULL;
+    for (node__pull *q = d->xchg ? d->xchg->pulls : NULL; q && !p; q = q->next)
+        if (cs_id_equal(&q->id, id) && q->arg == arg) p = q;
+    for (node__pull *q = d->xchg ? d->xchg->pulls : NULL; q && !p; q = q->next)
+        if (cs_id_equal(&q->id, id) && q->phase != P_DONE) p = q;
+    if (!p) return CS_ENOTFOUND;
+    out->planned = p->phase >= P_HAVE && p->missing; /* P_DONE after a plan too */
+    out->done = p->phase == P_DONE;
+    out->failed = p->failed;
+    out->unique_chunks = p->unique_chunks;
+    out->held_before = p->held_before;
+    out->missing = p->n;
+    out->chunks_done = p->chunks_done;
+    out->bytes_done = p->bytes_done;
+    for (unsigned i = 0; i < p->nsrc && out->nsrc < NODE__PULL_SOURCES_MAX; i++) {
+        const xsource *s = &p->src[i];
+        if (!s->up && !s->chunks) continue; /* never reached: nothing to show */
+        memcpy(out->src[out->nsrc].pk, s->pk, NET_KEY_BYTES);
+        out->src[out->nsrc].origin = s->origin;
+        out->src[out->nsrc].bytes = s->bytes;
+        out->src[out->nsrc++].data_bytes = s->data_bytes;
+    }
+    snprintf(out->err, sizeof out->err, "%s", p->err);
+    return 0;
+}
+
+/* ---- connections of apps (node_launch.c) ----------------------------------------------------- */
+
+void node__conn_send(void *conn, uint8_t type, uint8_t *buf, size_t len)
+{
+    xconn_send(conn, type, buf, len);
+}
+
+void node__conn_end(void *conn)
+{
+    xconn *xc = conn;
+    xc->launch = false;
+    if (xc->c) net_conn_close(xc->c);
 }
 
 /* ---- pulls asked for by a peer (PULL_ASK, docs/replication.md) ------------------------------- */

@@ -20,6 +20,12 @@
  *   a newcomer is refused while it is full, and silent peers expire after peer_timeout.
  * - Handles live in the discovery state, freed only after the loop has ended (every close
  *   callback has run by then).
+ * - Apps, which hold only the client key, find nodes with probes (docs/discovery.md, "Apps:
+ *   finding a node") sent to the same socket. A probe that opens with the probe key and whose
+ *   time is within NET_BEACON_MAX_SKEW_MS of this node's clock gets one answer, by unicast to
+ *   its source, unless that source has used up its answers (a small token bucket per source
+ *   address, in a fixed table). An answer is never larger than the probe, so a forged source
+ *   address gets no more bytes than the forger sent.
  */
 #define _GNU_SOURCE
 #include "node_daemon.h"
@@ -35,6 +41,17 @@
 #define PROMPT_MAX     16   /* peers answered in one prompt */
 #define PROMPT_GAP_MS  1000 /* at most one prompt per second */
 #define EXPIRE_TICK_MS 250  /* ms between expiry checks (bounds how late a peer expires) */
+#define PROBE_SLOTS    256  /* sources whose probe answers are counted */
+#define PROBE_BURST    6    /* answers a source may get at once (an app probes 3 times) */
+#define PROBE_GAP_MS   500  /* then one more per this many ms */
+
+/* Answers left for one source address (the table slot is chosen by a keyed hash of it). */
+typedef struct probe_bucket {
+    uint8_t addr[16];
+    uint8_t addr_len;
+    uint8_t tokens;
+    uint64_t last_ms;
+} probe_bucket;
 
 typedef struct static_peer {
     const node_addr *cfg;
@@ -74,6 +91,11 @@ struct node__discovery {
     unsigned nstatic;
 
     node__discovery_counters count;
+
+    uint8_t probe_key[NET_KEY_BYTES]; /* from the fleet's client key: net_probe_key */
+    uint8_t probe_hash_key[crypto_shorthash_KEYBYTES];
+    probe_bucket probe_rate[PROBE_SLOTS];
+    uint64_t probes_answered, probes_dropped; /* for the `peers` answer's counters */
 };
 
 static uint64_t system_wall_ms(void)
@@ -313,12 +335,96 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
     *b = uv_buf_init((char *)s->rx, sizeof s->rx); /* consumed before the next read */
 }
 
+/* Takes one answer from the source's bucket: true if it may be answered now. */
+static bool probe_rate_take(node__discovery *s, const struct sockaddr *from, uint64_t now_ms)
+{
+    const uint8_t *a;
+    size_t alen;
+    if (from->sa_family == AF_INET6) {
+        a = (const uint8_t *)&((const struct sockaddr_in6 *)from)->sin6_addr;
+        alen = 16;
+    } else {
+        a = (const uint8_t *)&((const struct sockaddr_in *)from)->sin_addr;
+        alen = 4;
+    }
+    uint8_t h[crypto_shorthash_BYTES];
+    crypto_shorthash(h, a, alen, s->probe_hash_key);
+    probe_bucket *b = &s->probe_rate[h[0] % PROBE_SLOTS];
+    if (b->addr_len != alen || memcmp(b->addr, a, alen) != 0) {
+        /* A source not seen recently takes the slot with a full bucket. */
+        memcpy(b->addr, a, alen);
+        b->addr_len = (uint8_t)alen;
+        b->tokens = PROBE_BURST;
+        b->last_ms = now_ms;
+    }
+    uint64_t refill = (now_ms - b->last_ms) / PROBE_GAP_MS;
+    if (refill) {
+        b->tokens = (uint8_t)(b->tokens + refill > PROBE_BURST ? PROBE_BURST : b->tokens + refill);
+        b->last_ms += refill * PROBE_GAP_MS;
+    }
+    if (b->tokens == 0) return false;
+    b->tokens--;
+    return true;
+}
+
+static void answer_probe(node__discovery *s, const uint8_t *buf, size_t len,
+                         const struct sockaddr *from)
+{
+    char ip[64] = "";
+    if (from->sa_family == AF_INET6)
+        uv_ip6_name((const struct sockaddr_in6 *)from, ip, sizeof ip);
+    else
+        uv_ip4_name((const struct sockaddr_in *)from, ip, sizeof ip);
+    uint8_t token[NET_PROBE_TOKEN_BYTES];
+    uint64_t t;
+    int rc = net_probe_open(s->probe_key, buf, len, token, &t);
+    if (rc) {
+        s->probes_dropped++;
+        node_log(NODE_LOG_DEBUG, "discovery: probe from %s dropped: %s", ip, net_strerror(rc));
+        return;
+    }
+    uint64_t now = s->wall_ms();
+    if ((t > now ? t - now : now - t) > NET_BEACON_MAX_SKEW_MS) {
+        s->probes_dropped++;
+        node_log(NODE_LOG_DEBUG, "discovery: probe from %s dropped: %+.0f s off this node's clock",
+                 ip, ((double)t - (double)now) / 1000.0);
+        return;
+    }
+    if (!probe_rate_take(s, from, uv_now(&s->d->loop))) {
+        s->probes_dropped++;
+        node_log(NODE_LOG_DEBUG, "discovery: probe from %s not answered: rate limit", ip);
+        return;
+    }
+    net_probe_answer a = {0};
+    memcpy(a.node_pk, s->d->keys.node_pk, NET_KEY_BYTES);
+    a.tcp_port = s->d->cfg.listen.port;
+    a.chunks = s->chunks;
+    a.manifests = s->manifests;
+    uint8_t nonce[24], wire[NET_PROBE_MAX_BYTES];
+    size_t wlen;
+    randombytes_buf(nonce, sizeof nonce);
+    net_probe_answer_seal(s->probe_key, token, &a, nonce, wire, &wlen);
+    uv_buf_t b = uv_buf_init((char *)wire, (unsigned)wlen);
+    rc = uv_udp_try_send(&s->udp, &b, 1, from);
+    if (rc < 0) {
+        node_log(NODE_LOG_DEBUG, "discovery: answer to the probe from %s not sent: %s", ip,
+                 uv_strerror(rc));
+        return;
+    }
+    s->probes_answered++;
+    node_log(NODE_LOG_DEBUG, "discovery: answered a probe from %s", ip);
+}
+
 static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct sockaddr *from,
                     unsigned flags)
 {
     node__discovery *s = h->data;
     if (n <= 0 || !from || s->stopping) return;
     s->count.received++;
+    if (n >= 4 && memcmp(buf->base, "CLPR", 4) == 0 && !(flags & UV_UDP_PARTIAL)) {
+        answer_probe(s, (const uint8_t *)buf->base, (size_t)n, from);
+        return;
+    }
     net_beacon b;
     int rc = (flags & UV_UDP_PARTIAL)
                  ? NET_EFORMAT
@@ -447,6 +553,11 @@ int node__discovery_start(node_daemon *d, char err[NODE_ERRMSG])
     s->d = d;
     s->wall_ms = system_wall_ms;
     net_fleet_derive(d->keys.fleet, NET_SUBKEY_BEACON, s->key);
+    uint8_t client[NET_KEY_BYTES];
+    net_fleet_derive(d->keys.fleet, NET_SUBKEY_CLIENT, client);
+    net_probe_key(client, s->probe_key);
+    sodium_memzero(client, sizeof client);
+    crypto_shorthash_keygen(s->probe_hash_key);
     randombytes_buf(&s->instance, sizeof s->instance);
     s->burst_left = BURST;
     s->filter = net_beacon_filter_new(d->keys.node_pk, (size_t)cfg->max_peers * 2 + 16,
@@ -532,6 +643,7 @@ void node__discovery_free(node_daemon *d)
     net_beacon_filter_free(s->filter);
     node__peer_table_free(&s->table);
     sodium_memzero(s->key, sizeof s->key);
+    sodium_memzero(s->probe_key, sizeof s->probe_key);
     free(s);
     d->disc = NULL;
 }
@@ -606,13 +718,15 @@ char *node__peers_json(node_daemon *d)
     fprintf(f,
             "], \"counters\": {\"received\": %llu, \"accepted\": %llu, \"foreign\": %llu, "
             "\"replayed\": %llu, \"stale\": %llu, \"own\": %llu, \"table_full\": %llu, "
-            "\"expired\": %llu, \"sent\": %llu, \"send_failed\": %llu, \"prompts\": %llu}}\n",
+            "\"expired\": %llu, \"sent\": %llu, \"send_failed\": %llu, \"prompts\": %llu, "
+            "\"probes_answered\": %llu, \"probes_dropped\": %llu}}\n",
             (unsigned long long)c.received, (unsigned long long)c.accepted,
             (unsigned long long)c.foreign, (unsigned long long)c.replayed,
             (unsigned long long)c.stale, (unsigned long long)c.own,
             (unsigned long long)c.table_full, (unsigned long long)c.expired,
             (unsigned long long)c.sent, (unsigned long long)c.send_failed,
-            (unsigned long long)c.prompts);
+            (unsigned long long)c.prompts, (unsigned long long)(s ? s->probes_answered : 0),
+            (unsigned long long)(s ? s->probes_dropped : 0));
     if (fclose(f) != 0) {
         free(buf);
         return NULL;

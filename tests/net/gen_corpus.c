@@ -1,6 +1,6 @@
 /* gen_corpus.c — writes the seed corpora of net/'s fuzz targets:
- * gen_corpus FRAME_DIR HANDSHAKE_DIR. Valid inputs under the targets' fixed keys, and near-valid
- * ones. */
+ * gen_corpus FRAME_DIR HANDSHAKE_DIR [MSG_DIR LAUNCH_DIR PROBE_DIR]. Valid inputs under the
+ * targets' fixed keys, and near-valid ones. */
 #define _GNU_SOURCE
 #include "net.h"
 #include "testlib.h"
@@ -116,13 +116,152 @@ static void frames(const char *dir)
     save(dir, "huge_prefix", 255, huge, sizeof huge);
 }
 
+/* msg_fuzz: the first byte picks MANIFEST_GET + byte % 11. */
+static void save_msg(const char *dir, const char *name, uint8_t type, uint8_t *buf, size_t len)
+{
+    save(dir, name, (uint8_t)(type - NET_MSG_MANIFEST_GET), buf, len);
+    free(buf);
+}
+
+static void messages(const char *dir)
+{
+    static uint8_t ids[8 * NET_ID_BYTES], chunks[4 * NET_CHUNK_BYTES];
+    static uint8_t bases[3][NET_CHUNK_BYTES], changed[3][NET_CHUNK_BYTES];
+    uint8_t frames[3][NET_DELTA_MAX], *out;
+    const uint8_t *fp[3];
+    size_t len, lens[3];
+    tl_fill_random(ids, sizeof ids, 1);
+    tl_fill_random(chunks, sizeof chunks / 2, 2);
+    CHECK_OK(net_msg_encode_manifest_get(ids, 7, &out, &len));
+    save_msg(dir, "manifest_get", NET_MSG_MANIFEST_GET, out, len);
+    CHECK_OK(net_msg_encode_manifest(ids, true, 100, 40, chunks, 60, &out, &len));
+    save_msg(dir, "manifest_part", NET_MSG_MANIFEST, out, len);
+    CHECK_OK(net_msg_encode_manifest(ids, false, 0, 0, NULL, 0, &out, &len));
+    save_msg(dir, "manifest_not_found", NET_MSG_MANIFEST, out, len);
+    CHECK_OK(net_msg_encode_ids(NET_MSG_HAVE, 3, ids, 8, &out, &len));
+    save_msg(dir, "have", NET_MSG_HAVE, out, len);
+    CHECK_OK(net_msg_encode_bitmap(3, 13, chunks, &out, &len));
+    save_msg(dir, "have_bitmap", NET_MSG_HAVE_BITMAP, out, len);
+    CHECK_OK(net_msg_encode_ids(NET_MSG_GET, 4, ids, 4, &out, &len));
+    save_msg(dir, "get", NET_MSG_GET, out, len);
+    CHECK_OK(net_msg_encode_chunks(4, ids, 4, chunks, 1, &out, &len));
+    save_msg(dir, "chunks", NET_MSG_CHUNKS, out, len);
+    CHECK_OK(net_msg_encode_ids(NET_MSG_DONT_HAVE, 4, ids, 2, &out, &len));
+    save_msg(dir, "dont_have", NET_MSG_DONT_HAVE, out, len);
+    net_pull_source src[2] = {{.port = 7420}, {.port = 1}};
+    memcpy(src[0].key, ids, NET_KEY_BYTES);
+    strcpy(src[0].host, "10.0.0.1");
+    strcpy(src[1].host, "node-b.lan");
+    CHECK_OK(net_msg_encode_pull_ask(5, ids, src, 2, &out, &len));
+    save_msg(dir, "pull_ask", NET_MSG_PULL_ASK, out, len);
+    CHECK_OK(net_msg_encode_pull_done(5, true, 42, "pulled", 6, &out, &len));
+    save_msg(dir, "pull_done", NET_MSG_PULL_DONE, out, len);
+    CHECK_OK(net_msg_encode_get_delta(6, ids, ids + 3 * NET_ID_BYTES, 3, &out, &len));
+    save_msg(dir, "get_delta", NET_MSG_GET_DELTA, out, len);
+    /* DELTAS of 1 % changes: the first against zeros (the fuzz target's zero base rebuilds
+     * it), the others against random bases. */
+    for (int i = 0; i < 3; i++) {
+        if (i == 0)
+            memset(bases[i], 0, NET_CHUNK_BYTES);
+        else
+            tl_fill_random(bases[i], NET_CHUNK_BYTES, 10 + (uint64_t)i);
+        memcpy(changed[i], bases[i], NET_CHUNK_BYTES);
+        for (size_t k = 0; k < NET_CHUNK_BYTES; k += 100)
+            changed[i][k] ^= (uint8_t)(0x11 * (i + 1));
+        CHECK_OK(net_delta_encode(changed[i], bases[i], 1, frames[i], NET_DELTA_MAX, &lens[i]));
+        fp[i] = frames[i];
+    }
+    CHECK_OK(net_msg_encode_deltas(6, ids, 3, fp, lens, &out, &len));
+    save_msg(dir, "deltas", NET_MSG_DELTAS, out, len);
+    CHECK_OK(net_msg_encode_deltas(6, ids, 1, fp, lens, &out, &len));
+    save_msg(dir, "deltas_one", NET_MSG_DELTAS, out, len);
+}
+
+static void launches(const char *dir)
+{
+    static net_launch_progress p;
+    static net_launch_done d;
+    net_launch_req q = {.req = 1};
+    uint8_t *out;
+    size_t len;
+    tl_fill_random(q.id, NET_ID_BYTES, 3);
+    strcpy(q.name, "web-1.test_A");
+    CHECK_OK(net_launch_encode_req(&q, &out, &len));
+    save(dir, "launch", 0, out, len);
+    free(out);
+    q.name[0] = '\0';
+    CHECK_OK(net_launch_encode_req(&q, &out, &len));
+    save(dir, "launch_no_name", 0, out, len);
+    free(out);
+    p.req = 1;
+    p.stage = NET_LAUNCH_TRANSFER;
+    p.elapsed_ms = 1234;
+    p.fetch_total = 1 << 20, p.fetch_done = 1 << 19, p.vm_total = 1 << 30, p.vm_done = 1 << 20;
+    p.nsources = 3;
+    const char *labels[] = {"local", "3f2a9c01be77", "origin"};
+    for (uint32_t i = 0; i < 3; i++) {
+        p.src[i].kind = (uint8_t)i;
+        p.src[i].bytes = 4096u * (i + 1);
+        strcpy(p.src[i].label, labels[i]);
+    }
+    CHECK_OK(net_launch_encode_progress(&p, &out, &len));
+    save(dir, "progress", 1, out, len);
+    free(out);
+    d.req = 1;
+    d.ok = true;
+    d.resolve_ms = 3, d.transfer_ms = 900, d.apply_ms = 40, d.restore_ms = 700, d.total_ms = 1650;
+    d.nsources = 3;
+    memcpy(d.src, p.src, sizeof d.src);
+    strcpy(d.domain, "web-1");
+    strcpy(d.uuid, "6f1c1d7e-8a0b-4c55-9e1f-2b3c4d5e6f70");
+    strcpy(d.accel, "kvm");
+    strcpy(d.console, "/var/lib/cloudlet/vm/web-1/console.sock");
+    strcpy(d.address, "10.0.0.5 (52:54:00:12:34:56)");
+    CHECK_OK(net_launch_encode_done(&d, &out, &len));
+    save(dir, "done_ok", 2, out, len);
+    free(out);
+    memset(&d, 0, sizeof d);
+    d.req = 1;
+    strcpy(d.error, "manifest not found on this node or its origin");
+    CHECK_OK(net_launch_encode_done(&d, &out, &len));
+    save(dir, "done_failed", 2, out, len);
+    free(out);
+}
+
+/* probe_fuzz: byte 0 even = a probe, odd = the token and then an answer; fixed client key. */
+static void probes(const char *dir)
+{
+    uint8_t client[NET_KEY_BYTES], key[NET_KEY_BYTES], token[NET_PROBE_TOKEN_BYTES], nonce[24];
+    uint8_t buf[NET_PROBE_TOKEN_BYTES + NET_PROBE_MAX_BYTES];
+    size_t len;
+    for (int i = 0; i < NET_KEY_BYTES; i++) client[i] = (uint8_t)(0x77 + i);
+    net_probe_key(client, key);
+    tl_fill_random(token, sizeof token, 4);
+    tl_fill_random(nonce, sizeof nonce, 5);
+    net_probe_seal(key, token, 1764064800000ull, nonce, buf, &len);
+    save(dir, "probe", 0, buf, len);
+    net_probe_answer a = {.tcp_port = 7420, .chunks = 123456, .manifests = 7};
+    fixed(a.node_pk, 0x22);
+    memcpy(buf, token, sizeof token);
+    net_probe_answer_seal(key, token, &a, nonce, buf + sizeof token, &len);
+    save(dir, "answer", 1, buf, sizeof token + len);
+    buf[0] ^= 1; /* another token */
+    save(dir, "answer_other_token", 1, buf, sizeof token + len);
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: gen_corpus FRAME_DIR HANDSHAKE_DIR\n");
+    if (argc != 3 && argc != 6) {
+        fprintf(stderr,
+                "usage: gen_corpus FRAME_DIR HANDSHAKE_DIR [MSG_DIR LAUNCH_DIR PROBE_DIR]\n");
         return 2;
     }
     frames(argv[1]);
     handshakes(argv[2]);
+    if (argc == 6) {
+        messages(argv[3]);
+        launches(argv[4]);
+        probes(argv[5]);
+    }
     return 0;
 }

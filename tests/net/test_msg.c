@@ -2,6 +2,7 @@
 #include "net.h"
 #include "testlib.h"
 
+#include <pthread.h>
 #include <zstd.h>
 
 static void ids_fill(uint8_t *ids, uint32_t n, uint64_t seed)
@@ -216,6 +217,311 @@ static void manifest_parts_stay_within_the_total(void)
     free(out);
 }
 
+/* ---- deltas --------------------------------------------------------------------------------- */
+
+/* A chunk and a copy with every hundredth byte changed (1 %). */
+static void base_and_changed(uint8_t base[NET_CHUNK_BYTES], uint8_t chunk[NET_CHUNK_BYTES],
+                             uint64_t seed)
+{
+    tl_fill_random(base, NET_CHUNK_BYTES, seed);
+    memcpy(chunk, base, NET_CHUNK_BYTES);
+    for (size_t i = 0; i < NET_CHUNK_BYTES; i += 100) chunk[i] ^= 0x5a;
+}
+
+static void get_delta_round_trips_at_its_bounds(void)
+{
+    static uint8_t ids[NET_GET_MAX * NET_ID_BYTES], bases[NET_GET_MAX * NET_ID_BYTES];
+    ids_fill(ids, NET_GET_MAX, 20);
+    ids_fill(bases, NET_GET_MAX, 21);
+    const uint32_t counts[] = {1, NET_GET_MAX};
+    for (size_t c = 0; c < 2; c++) {
+        uint8_t *out;
+        size_t len;
+        CHECK_OK(net_msg_encode_get_delta(0xffffffffu, ids, bases, counts[c], &out, &len));
+        CHECK_EQ(len, 8 + 2 * counts[c] * NET_ID_BYTES);
+        net_msg m;
+        CHECK_OK(net_msg_decode(NET_MSG_GET_DELTA, out, len, &m));
+        CHECK_EQ(m.req, 0xffffffffu);
+        CHECK_EQ(m.n, counts[c]);
+        CHECK_MEM(m.ids, ids, counts[c] * NET_ID_BYTES);
+        CHECK_MEM(m.bases, bases, counts[c] * NET_ID_BYTES);
+        free(out);
+    }
+    uint8_t *out;
+    size_t len;
+    CHECK_EQ(net_msg_encode_get_delta(1, ids, bases, 0, &out, &len), -EINVAL);
+    CHECK_EQ(net_msg_encode_get_delta(1, ids, bases, NET_GET_MAX + 1, &out, &len), -EINVAL);
+    /* A count over the bound is malformed even when the bytes are there. */
+    static uint8_t big[8 + 2 * (NET_GET_MAX + 1) * NET_ID_BYTES];
+    big[7] = NET_GET_MAX + 1;
+    net_msg m;
+    CHECK_EQ(net_msg_decode(NET_MSG_GET_DELTA, big, sizeof big, &m), NET_EFORMAT);
+    big[7] = 0;
+    CHECK_EQ(net_msg_decode(NET_MSG_GET_DELTA, big, 8, &m), NET_EFORMAT);
+}
+
+static void a_delta_of_a_one_percent_change_is_small_and_rebuilds_bit_identical(void)
+{
+    uint8_t base[NET_CHUNK_BYTES], chunk[NET_CHUNK_BYTES], back[NET_CHUNK_BYTES];
+    uint8_t frame[NET_DELTA_MAX];
+    base_and_changed(base, chunk, 30);
+    size_t len;
+    CHECK_OK(net_delta_encode(chunk, base, 3, frame, sizeof frame, &len));
+    CHECK(len < 300);
+    CHECK(ZSTD_getFrameContentSize(frame, len) == NET_CHUNK_BYTES);
+    CHECK_OK(net_delta_decode(frame, len, base, back));
+    CHECK_MEM(back, chunk, NET_CHUNK_BYTES);
+}
+
+/* Against another base of the same size the frame is still valid zstd: its matches point into
+ * the base's 4096 bytes, whatever they hold. So it decodes (0) to a chunk that is not the one
+ * sent, and the receiver's id check is what refuses it. (zstd refuses a frame, NET_EFORMAT, only
+ * when a match reaches before the prefix, which no frame coded against 4096 bytes does.) */
+static void a_delta_against_the_wrong_base_gives_another_chunk(void)
+{
+    uint8_t base[NET_CHUNK_BYTES], chunk[NET_CHUNK_BYTES], other[NET_CHUNK_BYTES];
+    uint8_t back[NET_CHUNK_BYTES], frame[NET_DELTA_MAX];
+    static const uint8_t zeros[NET_CHUNK_BYTES];
+    base_and_changed(base, chunk, 31);
+    tl_fill_random(other, sizeof other, 32);
+    size_t len;
+    CHECK_OK(net_delta_encode(chunk, base, 3, frame, sizeof frame, &len));
+    CHECK_OK(net_delta_decode(frame, len, other, back));
+    CHECK(memcmp(back, chunk, NET_CHUNK_BYTES) != 0);
+    CHECK_OK(net_delta_decode(frame, len, zeros, back));
+    CHECK(memcmp(back, chunk, NET_CHUNK_BYTES) != 0);
+}
+
+static void an_incompressible_delta_fits_the_bound_or_says_too_big(void)
+{
+    uint8_t base[NET_CHUNK_BYTES], chunk[NET_CHUNK_BYTES], back[NET_CHUNK_BYTES];
+    uint8_t frame[NET_DELTA_MAX];
+    tl_fill_random(base, sizeof base, 33);
+    tl_fill_random(chunk, sizeof chunk, 34); /* nothing in common */
+    size_t len;
+    CHECK_OK(net_delta_encode(chunk, base, 3, frame, sizeof frame, &len));
+    CHECK(len <= NET_DELTA_MAX);
+    CHECK_OK(net_delta_decode(frame, len, base, back));
+    CHECK_MEM(back, chunk, NET_CHUNK_BYTES);
+    /* Room for less than the frame: NET_ETOOBIG, and the chunk goes whole. */
+    CHECK_EQ(net_delta_encode(chunk, base, 3, frame, 100, &len), NET_ETOOBIG);
+}
+
+/* frames[i] = the delta of chunk i against base i; returns the encoded DELTAS payload. */
+static uint8_t *deltas_of(uint32_t n, uint8_t *ids, size_t *len, uint8_t (*bases)[NET_CHUNK_BYTES],
+                          uint8_t (*chunks)[NET_CHUNK_BYTES])
+{
+    static uint8_t frames[NET_GET_MAX][NET_DELTA_MAX];
+    const uint8_t *fp[NET_GET_MAX];
+    size_t lens[NET_GET_MAX];
+    for (uint32_t i = 0; i < n; i++) {
+        base_and_changed(bases[i], chunks[i], 40 + i);
+        CHECK_OK(net_delta_encode(chunks[i], bases[i], 1, frames[i], NET_DELTA_MAX, &lens[i]));
+        fp[i] = frames[i];
+    }
+    ids_fill(ids, n, 41);
+    uint8_t *out;
+    CHECK_OK(net_msg_encode_deltas(0x01020304, ids, n, fp, lens, &out, len));
+    return out;
+}
+
+static void deltas_round_trip_and_rebuild_every_chunk(void)
+{
+    static uint8_t bases[5][NET_CHUNK_BYTES], chunks[5][NET_CHUNK_BYTES];
+    uint8_t ids[5 * NET_ID_BYTES], back[NET_CHUNK_BYTES];
+    size_t len;
+    uint8_t *out = deltas_of(5, ids, &len, bases, chunks);
+    net_msg m;
+    CHECK_OK(net_msg_decode(NET_MSG_DELTAS, out, len, &m));
+    CHECK_EQ(m.req, 0x01020304);
+    CHECK_EQ(m.n, 5);
+    CHECK_MEM(m.ids, ids, sizeof ids);
+    for (uint32_t i = 0; i < 5; i++) {
+        const uint8_t *f;
+        size_t flen;
+        net_msg_delta_frame(&m, i, &f, &flen);
+        CHECK(f >= out && f + flen <= out + len);
+        CHECK_OK(net_delta_decode(f, flen, bases[i], back));
+        CHECK_MEM(back, chunks[i], NET_CHUNK_BYTES);
+    }
+    free(out);
+}
+
+/* The largest DELTAS fits one message: NET_GET_MAX frames of NET_DELTA_MAX bytes each by the
+ * bound, and NET_GET_MAX of the largest frames the encoder makes (an incompressible chunk). */
+static void a_full_deltas_answer_fits_one_message(void)
+{
+    static uint8_t ids[NET_GET_MAX * NET_ID_BYTES], frames[NET_GET_MAX][NET_DELTA_MAX];
+    const uint8_t *fp[NET_GET_MAX];
+    size_t lens[NET_GET_MAX];
+    uint8_t base[NET_CHUNK_BYTES], chunk[NET_CHUNK_BYTES];
+    tl_fill_random(base, sizeof base, 50);
+    tl_fill_random(chunk, sizeof chunk, 51);
+    size_t flen;
+    CHECK_OK(net_delta_encode(chunk, base, 1, frames[0], NET_DELTA_MAX, &flen));
+    for (uint32_t i = 0; i < NET_GET_MAX; i++) {
+        memcpy(frames[i], frames[0], flen);
+        fp[i] = frames[i];
+        lens[i] = flen;
+    }
+    ids_fill(ids, NET_GET_MAX, 52);
+    uint8_t *out;
+    size_t len;
+    CHECK_OK(net_msg_encode_deltas(1, ids, NET_GET_MAX, fp, lens, &out, &len));
+    CHECK(len <= NET_PAYLOAD_MAX);
+    CHECK(8 + NET_GET_MAX * (NET_ID_BYTES + 4 + (size_t)NET_DELTA_MAX) <= NET_PAYLOAD_MAX);
+    net_msg m;
+    CHECK_OK(net_msg_decode(NET_MSG_DELTAS, out, len, &m));
+    CHECK_EQ(m.n, NET_GET_MAX);
+    free(out);
+}
+
+/* DELTAS header for one frame of flen bytes. */
+static size_t one_delta(uint8_t *payload, const uint8_t *frame, size_t flen)
+{
+    memset(payload, 0, 8 + NET_ID_BYTES + 4);
+    payload[7] = 1;
+    payload[8 + NET_ID_BYTES] = (uint8_t)(flen >> 24);
+    payload[8 + NET_ID_BYTES + 1] = (uint8_t)(flen >> 16);
+    payload[8 + NET_ID_BYTES + 2] = (uint8_t)(flen >> 8);
+    payload[8 + NET_ID_BYTES + 3] = (uint8_t)flen;
+    memcpy(payload + 8 + NET_ID_BYTES + 4, frame, flen);
+    return 8 + NET_ID_BYTES + 4 + flen;
+}
+
+static void deltas_declaring_another_size_are_refused_before_decompressing(void)
+{
+    static uint8_t two[2 * NET_CHUNK_BYTES], payload[8 + NET_ID_BYTES + 4 + 2 * NET_DELTA_MAX];
+    uint8_t frame[NET_DELTA_MAX], base[NET_CHUNK_BYTES] = {0}, back[NET_CHUNK_BYTES];
+    net_msg m;
+    /* Two chunks of zeros in one frame: tiny, but it declares 8192 bytes. */
+    size_t z = ZSTD_compress(frame, sizeof frame, two, sizeof two, 1);
+    CHECK(!ZSTD_isError(z));
+    CHECK(z < 100);
+    CHECK_EQ(net_msg_decode(NET_MSG_DELTAS, payload, one_delta(payload, frame, z), &m),
+             NET_EFORMAT);
+    CHECK_EQ(net_delta_decode(frame, z, base, back), NET_EFORMAT);
+    /* One that declares fewer bytes than a chunk. */
+    z = ZSTD_compress(frame, sizeof frame, two, 100, 1);
+    CHECK(!ZSTD_isError(z));
+    CHECK_EQ(net_msg_decode(NET_MSG_DELTAS, payload, one_delta(payload, frame, z), &m),
+             NET_EFORMAT);
+    CHECK_EQ(net_delta_decode(frame, z, base, back), NET_EFORMAT);
+    /* One that does not declare its size at all. */
+    ZSTD_CCtx *c = ZSTD_createCCtx();
+    CHECK(c);
+    CHECK(!ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_contentSizeFlag, 0)));
+    z = ZSTD_compress2(c, frame, sizeof frame, two, NET_CHUNK_BYTES);
+    ZSTD_freeCCtx(c);
+    CHECK(!ZSTD_isError(z));
+    CHECK_EQ(net_msg_decode(NET_MSG_DELTAS, payload, one_delta(payload, frame, z), &m),
+             NET_EFORMAT);
+    CHECK_EQ(net_delta_decode(frame, z, base, back), NET_EFORMAT);
+    /* The same bytes declaring exactly one chunk are fine. */
+    z = ZSTD_compress(frame, sizeof frame, two, NET_CHUNK_BYTES, 1);
+    CHECK_OK(net_msg_decode(NET_MSG_DELTAS, payload, one_delta(payload, frame, z), &m));
+    CHECK_OK(net_delta_decode(frame, z, base, back));
+    CHECK_MEM(back, two, NET_CHUNK_BYTES);
+    /* The encoder refuses what the decoder would. */
+    const uint8_t *fp = frame;
+    size_t flen = 0;
+    uint8_t id[NET_ID_BYTES] = {0}, *out;
+    size_t len;
+    CHECK_EQ(net_msg_encode_deltas(1, id, 1, &fp, &flen, &out, &len), -EINVAL);
+    flen = NET_DELTA_MAX + 1;
+    CHECK_EQ(net_msg_encode_deltas(1, id, 1, &fp, &flen, &out, &len), -EINVAL);
+    flen = z - 1;
+    CHECK_EQ(net_msg_encode_deltas(1, id, 1, &fp, &flen, &out, &len), -EINVAL);
+}
+
+static void deltas_lengths_must_fill_the_payload_exactly(void)
+{
+    static uint8_t bases[3][NET_CHUNK_BYTES], chunks[3][NET_CHUNK_BYTES];
+    uint8_t ids[3 * NET_ID_BYTES];
+    size_t len;
+    uint8_t *out = deltas_of(3, ids, &len, bases, chunks);
+    uint8_t *lens = out + 8 + 3 * NET_ID_BYTES;
+    net_msg m;
+    CHECK_OK(net_msg_decode(NET_MSG_DELTAS, out, len, &m));
+    /* Moving one byte from frame 0's length to frame 1's keeps the sum, breaks both frames. */
+    lens[3]--;
+    lens[7]++;
+    CHECK_EQ(net_msg_decode(NET_MSG_DELTAS, out, len, &m), NET_EFORMAT);
+    lens[3]++;
+    lens[7]--;
+    /* A zero length, and a length over the bound. */
+    uint8_t saved[4];
+    memcpy(saved, lens, 4);
+    memset(lens, 0, 4);
+    CHECK_EQ(net_msg_decode(NET_MSG_DELTAS, out, len, &m), NET_EFORMAT);
+    lens[2] = (NET_DELTA_MAX + 1) >> 8;
+    lens[3] = (NET_DELTA_MAX + 1) & 0xff;
+    CHECK_EQ(net_msg_decode(NET_MSG_DELTAS, out, len, &m), NET_EFORMAT);
+    memcpy(lens, saved, 4);
+    lens[0] = 0xff; /* a length far past the payload */
+    CHECK_EQ(net_msg_decode(NET_MSG_DELTAS, out, len, &m), NET_EFORMAT);
+    memcpy(lens, saved, 4);
+    CHECK_OK(net_msg_decode(NET_MSG_DELTAS, out, len, &m));
+    /* The count over its bound. */
+    out[7] = 0;
+    CHECK_EQ(net_msg_decode(NET_MSG_DELTAS, out, len, &m), NET_EFORMAT);
+    out[7] = NET_GET_MAX + 1;
+    CHECK_EQ(net_msg_decode(NET_MSG_DELTAS, out, len, &m), NET_EFORMAT);
+    free(out);
+}
+
+static void every_truncation_and_extension_of_the_delta_messages_is_malformed(void)
+{
+    static uint8_t bases[2][NET_CHUNK_BYTES], chunks[2][NET_CHUNK_BYTES];
+    uint8_t ids[2 * NET_ID_BYTES];
+    size_t len;
+    uint8_t *out = deltas_of(2, ids, &len, bases, chunks);
+    uint8_t *buf = malloc(len + 1);
+    memcpy(buf, out, len);
+    buf[len] = 0;
+    net_msg m;
+    for (size_t l = 0; l < len; l++)
+        CHECK_EQ(net_msg_decode(NET_MSG_DELTAS, buf, l, &m), NET_EFORMAT);
+    CHECK_EQ(net_msg_decode(NET_MSG_DELTAS, buf, len + 1, &m), NET_EFORMAT);
+    free(buf);
+    free(out);
+    CHECK_OK(net_msg_encode_get_delta(9, ids, ids, 2, &out, &len));
+    buf = malloc(len + 1);
+    memcpy(buf, out, len);
+    buf[len] = 0;
+    for (size_t l = 0; l < len; l++)
+        CHECK_EQ(net_msg_decode(NET_MSG_GET_DELTA, buf, l, &m), NET_EFORMAT);
+    CHECK_EQ(net_msg_decode(NET_MSG_GET_DELTA, buf, len + 1, &m), NET_EFORMAT);
+    free(buf);
+    free(out);
+}
+
+/* Each thread codes with contexts of its own: deltas coded on several threads at once all
+ * rebuild their chunks. */
+static void *code_deltas(void *arg)
+{
+    uint64_t seed = (uint64_t)(uintptr_t)arg;
+    uint8_t base[NET_CHUNK_BYTES], chunk[NET_CHUNK_BYTES], back[NET_CHUNK_BYTES];
+    uint8_t frame[NET_DELTA_MAX];
+    for (int i = 0; i < 200; i++) {
+        base_and_changed(base, chunk, seed * 1000 + (uint64_t)i);
+        size_t len;
+        CHECK_OK(net_delta_encode(chunk, base, 1 + i % 5, frame, sizeof frame, &len));
+        CHECK_OK(net_delta_decode(frame, len, base, back));
+        CHECK_MEM(back, chunk, NET_CHUNK_BYTES);
+    }
+    return NULL;
+}
+
+static void deltas_code_on_several_threads_at_once(void)
+{
+    pthread_t th[4];
+    for (uintptr_t i = 0; i < 4; i++)
+        CHECK_OK(pthread_create(&th[i], NULL, code_deltas, (void *)(i + 1)));
+    code_deltas((void *)(uintptr_t)9);
+    for (int i = 0; i < 4; i++) CHECK_OK(pthread_join(th[i], NULL));
+}
+
 TL_MAIN(TL_CASE(round_trip_of_every_message_type), TL_CASE(chunks_batch_round_trips_bit_identical),
         TL_CASE(a_full_get_answer_fits_one_message),
         TL_CASE(chunks_declaring_another_size_are_refused_before_decompressing),
@@ -224,4 +530,13 @@ TL_MAIN(TL_CASE(round_trip_of_every_message_type), TL_CASE(chunks_batch_round_tr
         TL_CASE(counts_over_the_bounds_are_refused),
         TL_CASE(every_truncation_and_extension_is_malformed),
         TL_CASE(bitmap_bits_past_the_count_must_be_zero),
-        TL_CASE(manifest_parts_stay_within_the_total))
+        TL_CASE(manifest_parts_stay_within_the_total), TL_CASE(get_delta_round_trips_at_its_bounds),
+        TL_CASE(a_delta_of_a_one_percent_change_is_small_and_rebuilds_bit_identical),
+        TL_CASE(a_delta_against_the_wrong_base_gives_another_chunk),
+        TL_CASE(an_incompressible_delta_fits_the_bound_or_says_too_big),
+        TL_CASE(deltas_round_trip_and_rebuild_every_chunk),
+        TL_CASE(a_full_deltas_answer_fits_one_message),
+        TL_CASE(deltas_declaring_another_size_are_refused_before_decompressing),
+        TL_CASE(deltas_lengths_must_fill_the_payload_exactly),
+        TL_CASE(every_truncation_and_extension_of_the_delta_messages_is_malformed),
+        TL_CASE(deltas_code_on_several_threads_at_once))

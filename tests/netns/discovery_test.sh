@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LAN discovery between real daemons in network namespaces:
-#   discovery_test.sh CLOUDLET CLOUDLETD CASE
+#   discovery_test.sh CLOUDLET CLOUDLETD CASE [PROBE_FIND]
 #
 # Each case builds its own LAN: a "switch" namespace holding a bridge, and one namespace per
 # node joined to it by a veth pair, with addresses from 198.18.0.0/15 (reserved for network
@@ -9,7 +9,7 @@
 # down on exit, failed or not. Exits 77 (skipped) only when namespaces cannot be made here (or,
 # for the lossy case alone, when iptables is missing).
 set -euo pipefail
-CLOUDLET=$1 CLOUDLETD=$2 CASE=$3
+CLOUDLET=$1 CLOUDLETD=$2 CASE=$3 PROBE_FIND=${4:-}
 ID=$$
 T=$(mktemp -d "${TMPDIR:-/tmp}/cloudlet-netns-XXXXXX")
 LAN=cl$ID
@@ -360,6 +360,102 @@ a_node_without_a_fleet_has_no_peers_and_says_why() {
         "$T/a.peers.json" || fail "$(cat "$T/a.peers.json")"
     "$CLOUDLET" peers --home "$T/a" | grep -q "no fleet key" || fail "$("$CLOUDLET" peers --home "$T/a")"
     "$CLOUDLET" peers --help | grep -q "^usage: cloudlet peers" || fail "no usage"
+}
+
+
+# probe NS KEYFILE HOST WAIT_MS: runs probe_find in namespace cl$ID-NS; what it prints, sorted,
+# is in $T/found. Fails the case when probe_find fails.
+probe() {
+    ip netns exec "cl$ID-$1" "$PROBE_FIND" "$2" "$3" 7421 "$4" >"$T/found.raw" 2>"$T/probe.log" ||
+        fail "probe_find $3: $(cat "$T/probe.log")"
+    sort "$T/found.raw" >"$T/found"
+}
+
+# Three nodes of a fleet, an outsider of another fleet, and an app in its own namespace.
+probe_lan() {
+    home a --new-fleet
+    (umask 077 && "$CLOUDLET" fleet-key --home "$T/a" >"$T/fleet.key")
+    (umask 077 && "$CLOUDLET" fleet-key --client --home "$T/a" >"$T/client.key")
+    for n in b c; do home "$n" --fleet-key "$T/fleet.key"; done
+    home x --new-fleet
+    home y --new-fleet # never started: its client key opens no node's probes
+    (umask 077 && "$CLOUDLET" fleet-key --client --home "$T/y" >"$T/other-client.key")
+    head -c 65536 /dev/urandom >"$T/file"
+    "$CLOUDLET" store add --home "$T/b" "$T/file" >/dev/null # b holds 16 chunks, 1 manifest
+    local i=1
+    for n in a b c x; do node_ns "$n" $i; i=$((i + 1)); done
+    node_ns app 9
+    for n in a b c x; do start "$n"; done
+}
+
+apps_find_every_node_of_the_fleet_by_multicast_within_2s() {
+    probe_lan
+    local t0 took got want
+    t0=$(now_ms)
+    probe app "$T/client.key" 239.255.67.76 2000
+    took=$(($(now_ms) - t0))
+    got=$(cat "$T/found")
+    want=$(expect_set "$(key_of a) 198.18.0.1 7420 0 0" "$(key_of b) 198.18.0.2 7420 16 1" \
+        "$(key_of c) 198.18.0.3 7420 0 0")
+    [ "$got" = "$want" ] || fail "probe found [$got], expected [$want]"
+    [ "$took" -lt 2500 ] || fail "probe took $took ms"
+    echo "an app found the fleet's 3 nodes (not the outsider) by multicast in $took ms"
+    # Each node heard the 3 probes: the fleet's answered them, the outsider dropped them.
+    for n in a b c; do
+        peers "$n" >/dev/null
+        [ "$(counter "$n" probes_answered)" = 3 ] || fail "$n: $(cat "$T/$n.peers.json")"
+    done
+    peers x >/dev/null
+    [ "$(counter x probes_answered)" = 0 ] && [ "$(counter x probes_dropped)" = 3 ] ||
+        fail "x: $(cat "$T/x.peers.json")"
+    grep -q "answered a probe from 198.18.0.9" "$T/a.log" || fail "no answer in a's log"
+}
+
+apps_with_another_fleets_client_key_find_no_node() {
+    probe_lan
+    local got
+    probe app "$T/other-client.key" 239.255.67.76 1000
+    got=$(cat "$T/found")
+    [ -z "$got" ] || fail "another fleet's client key found [$got]"
+    for n in a b c x; do
+        peers "$n" >/dev/null
+        [ "$(counter "$n" probes_answered)" = 0 ] && [ "$(counter "$n" probes_dropped)" = 3 ] ||
+            fail "$n: $(cat "$T/$n.peers.json")"
+    done
+    echo "an app with another fleet's client key found no node; every node dropped its probes"
+}
+
+apps_find_exactly_the_node_they_probe_by_unicast() {
+    probe_lan
+    local t0 took got
+    t0=$(now_ms)
+    probe app "$T/client.key" 198.18.0.3 2000
+    took=$(($(now_ms) - t0))
+    got=$(cat "$T/found")
+    [ "$got" = "$(key_of c) 198.18.0.3 7420 0 0" ] || fail "unicast probe to c found [$got]"
+    [ "$took" -lt 1000 ] || fail "a unicast probe waited $took ms for its answer"
+    for n in a b x; do
+        peers "$n" >/dev/null
+        [ "$(counter "$n" probes_answered)" = 0 ] || fail "$n answered a probe sent to c"
+    done
+    echo "a unicast probe to c found c alone in $took ms"
+
+    # One source gets 6 answers at once, then one per 0.5 s: of 20 searches in a row from the
+    # app (each of 3 probes within 50 ms), c answers 6 plus one per 0.5 s they took, and drops
+    # the probes of the others.
+    local found=0 most
+    t0=$(now_ms)
+    for _ in $(seq 20); do
+        probe app "$T/client.key" 198.18.0.3 50
+        [ -s "$T/found" ] && found=$((found + 1))
+    done
+    took=$(($(now_ms) - t0))
+    most=$((6 + took / 500 + 1))
+    peers c >/dev/null
+    [ "$found" -ge 6 ] && [ "$found" -le "$most" ] &&
+        [ "$(counter c probes_dropped)" -ge $((3 * (20 - found))) ] ||
+        fail "found c $found times of 20 in $took ms: $(cat "$T/c.peers.json")"
+    echo "20 searches in a row from one address in $took ms: c answered $found of them"
 }
 
 "$CASE"

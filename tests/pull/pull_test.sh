@@ -269,7 +269,7 @@ an_unknown_manifest_is_a_clear_error() {
     id=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
     set +e; cl pull --home "$T/c" "$id" >"$T/out" 2>"$T/err"; local rc=$?; set -e
     [ "$rc" = 1 ] || fail "pull of an unknown manifest exited $rc"
-    grep -q "no peer holds manifest $id (2 asked)" "$T/err" || fail "error: $(cat "$T/err")"
+    grep -q "unknown manifest $id: no peer holds it (2 asked)" "$T/err" || fail "error: $(cat "$T/err")"
     set +e; cl pull --home "$T/c" "not-an-id" >"$T/out" 2>"$T/err"; rc=$?; set -e
     [ "$rc" = 2 ] || fail "a bad id exited $rc"
 }
