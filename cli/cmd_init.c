@@ -1,17 +1,19 @@
 /* cmd_init.c — `cloudlet init`: create a node home, its chunk store and its keys; make or join
- * a fleet. */
+ * a fleet, or store the fleet's client key in an app's home. */
 #define _GNU_SOURCE
 #include "cli.h"
+#include "cloudlet_client.h"
 #include "node.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 static const char usage[] =
-    "usage: cloudlet init [--home DIR] [--new-fleet | --fleet-key FILE]\n\n"
+    "usage: cloudlet init [--home DIR] [--new-fleet | --fleet-key FILE | --client-key FILE]\n\n"
     "Creates a node home (mode 0700) holding the chunk store and the node's key pair\n"
     "(node.key, mode 0600, and node.pub). Running it on a home that already exists changes\n"
     "nothing and succeeds: existing keys are never replaced. The last line of output is the\n"
@@ -20,6 +22,10 @@ static const char usage[] =
     "                   hand it to other nodes with `cloudlet fleet-key`\n"
     "  --fleet-key FILE join a fleet: copy its fleet key from FILE (`-`: standard input), as\n"
     "                   printed by `cloudlet fleet-key` on one of its nodes\n"
+    "  --client-key FILE make an app's home: copy the fleet's client key from FILE (`-`:\n"
+    "                   standard input), as printed by `cloudlet fleet-key --client` on a\n"
+    "                   node, into <home>/client.key (0600); `cloudlet launch ID --node HOST`\n"
+    "                   or `--discover` then launches this home's VMs on the fleet's nodes\n"
     "  --home DIR       the node home (default: $CLOUDLET_HOME, else /var/lib/cloudlet for root,\n"
     "                   else ~/.local/share/cloudlet)\n\n"
     "A home in a fleet stays in it: --new-fleet, or --fleet-key with another fleet's key, is\n"
@@ -67,21 +73,80 @@ static bool read_fleet_key(const char *cmd, const char *file, uint8_t fleet[NODE
     return rc == 0;
 }
 
+/* The client key handed over in file (standard input for "-"), read whatever its mode like a
+ * fleet key on its way. */
+static bool read_client_key(const char *cmd, const char *file, uint8_t key[NODE_KEY_BYTES])
+{
+    char err[NODE_ERRMSG];
+    bool in = !strcmp(file, "-");
+    int rc = node_key_read(in ? "/dev/stdin" : file, NODE_KEY_CLIENT, false, key, err);
+    size_t skip = in && !strncmp(err, "/dev/stdin: ", 12) ? 12 : 0;
+    if (rc) cli_error(cmd, "%s%s", in ? "standard input: " : "", err + skip);
+    if (rc && strstr(err, "this is a fleet key"))
+        cli_error(cmd, "an app holds the client key, which `cloudlet fleet-key --client` prints "
+                       "on a node of the fleet; the fleet key stays on the nodes");
+    return rc == 0;
+}
+
+/* Stores the client key in an app's home: never in a node's home (a node of the fleet derives
+ * it from the fleet key), never replacing another client key. */
+static int store_client_key(const char *cmd, const char *home, const uint8_t key[NODE_KEY_BYTES])
+{
+    char err[NODE_ERRMSG];
+    uint8_t other[NODE_KEY_BYTES];
+    int rc = node_fleet_key_load(home, other, err);
+    node_secret_wipe(other, sizeof other);
+    if (rc == 0) {
+        cli_error(cmd, "%s is a node of a fleet (%s/%s): it derives the client key from the fleet "
+                       "key and needs no %s",
+                  home, home, NODE_FLEET_FILE, CL_CLIENT_KEY_FILE);
+        return -EEXIST;
+    }
+    char *path = node_home_path(home, CL_CLIENT_KEY_FILE);
+    if (!path) abort();
+    rc = node_key_write(path, NODE_KEY_CLIENT, key, false, err);
+    if (rc == -EEXIST) {
+        rc = node_key_read(path, NODE_KEY_CLIENT, true, other, err);
+        bool same = rc == 0 && sodium_memcmp(other, key, NODE_KEY_BYTES) == 0;
+        node_secret_wipe(other, sizeof other);
+        if (same) {
+            printf("already holds this client key\n");
+        } else if (rc == 0) {
+            cli_error(cmd, "%s holds another client key already; remove it by hand to use this "
+                           "one (an app is in one fleet)",
+                      path);
+            rc = -EEXIST;
+        } else {
+            cli_error(cmd, "%s", err);
+        }
+    } else if (rc) {
+        cli_error(cmd, "%s", err);
+    } else {
+        printf("stored the fleet's client key (%s): `cloudlet launch ID --node HOST` or "
+               "`--discover` launches this home's VMs on the fleet's nodes\n",
+               CL_CLIENT_KEY_FILE);
+    }
+    free(path);
+    return rc;
+}
+
 int cmd_init(int argc, char **argv)
 {
-    enum { OPT_NEW_FLEET = 0x200, OPT_FLEET_KEY };
+    enum { OPT_NEW_FLEET = 0x200, OPT_FLEET_KEY, OPT_CLIENT_KEY };
     static const struct option opts[] = {CLI_COMMON_OPTIONS,
                                          {"new-fleet", no_argument, NULL, OPT_NEW_FLEET},
                                          {"fleet-key", required_argument, NULL, OPT_FLEET_KEY},
+                                         {"client-key", required_argument, NULL, OPT_CLIENT_KEY},
                                          {0}};
     cli_common co = {0};
     bool new_fleet = false;
-    const char *fleet_file = NULL;
+    const char *fleet_file = NULL, *client_file = NULL;
     int c;
     while ((c = cli_getopt(argc, argv, "h", opts, usage, &co)) != -1) {
         switch (c) {
         case OPT_NEW_FLEET: new_fleet = true; break;
         case OPT_FLEET_KEY: fleet_file = optarg; break;
+        case OPT_CLIENT_KEY: client_file = optarg; break;
         default: return CLI_USAGE;
         }
     }
@@ -91,10 +156,16 @@ int cmd_init(int argc, char **argv)
         return cli_usage_error(usage, argv[0],
                                "--new-fleet and --fleet-key exclude each other: a node makes a "
                                "fleet or joins one");
+    if (client_file && (new_fleet || fleet_file))
+        return cli_usage_error(usage, argv[0],
+                               "--client-key makes an app's home, which is in no fleet: it "
+                               "excludes --new-fleet and --fleet-key");
 
     /* The key handed over is checked before anything is created. */
     uint8_t fleet[NODE_KEY_BYTES];
     if (fleet_file && !read_fleet_key(argv[0], fleet_file, fleet)) return CLI_FAIL;
+    uint8_t client[NODE_KEY_BYTES];
+    if (client_file && !read_client_key(argv[0], client_file, client)) return CLI_FAIL;
 
     char *home = cli_home(&co), *store = NULL;
     int rc = mkdirs(home, 0700);
@@ -151,10 +222,19 @@ int cmd_init(int argc, char **argv)
         else
             printf(already ? "already in this fleet\n" : "joined the fleet (%s)\n",
                    NODE_FLEET_FILE);
+    } else if (rc == 0 && client_file) {
+        rc = store_client_key(argv[0], home, client);
+        node_secret_wipe(client, sizeof client);
     } else if (rc == 0) {
         uint8_t probe[NODE_KEY_BYTES];
         int frc = node_fleet_key_load(home, probe, err);
-        if (frc == CS_ENOTFOUND)
+        char *cpath = node_home_path(home, CL_CLIENT_KEY_FILE);
+        if (!cpath) abort();
+        bool app = frc == CS_ENOTFOUND && access(cpath, F_OK) == 0;
+        free(cpath);
+        if (app)
+            printf("an app's home: it holds the fleet's client key (%s)\n", CL_CLIENT_KEY_FILE);
+        else if (frc == CS_ENOTFOUND)
             printf("no fleet key: the node runs alone (make a fleet with `cloudlet init "
                    "--new-fleet`, or join one with `cloudlet init --fleet-key FILE`)\n");
         else if (frc)

@@ -19,7 +19,7 @@ static const struct {
     {"ls", NULL, cmd_ls, "list the VMs and files in the store"},
     {"vm", "import", cmd_vm_import, "store a VM (disk, domain XML) as a manifest; print its id"},
     {"synth", NULL, cmd_synth, "rebuild a VM's files from the store alone"},
-    {"launch", NULL, cmd_launch, "synthesize a VM and resume it on this machine (--local)"},
+    {"launch", NULL, cmd_launch, "synthesize a VM and resume it here (--local), or on a node of the fleet (--node, --discover)"},
     {"vm", "capture", cmd_vm_capture, "save a running libvirt domain into the store; print its id"},
     {"manifest", "show", cmd_manifest_show, "show what a manifest holds and how it was imported"},
     {"store", "add", cmd_store_add, "chunk files into the store; print their ids"},

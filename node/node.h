@@ -197,6 +197,7 @@ typedef struct node_launch_report {
     uint64_t memory_bytes; /* RAM and device state, as stored */
     uint64_t save_bytes;   /* the save file written (zero pages left out); 0 with fifo */
     char uuid[37];
+    char address[256];     /* the guest's addresses from libvirt's DHCP leases, or "" */
 } node_launch_report;
 
 /* Synthesizes VM id from the store into o->dir and resumes it (restores its memory snapshot)

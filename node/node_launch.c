@@ -178,6 +178,7 @@ static void finish(node__launch *l)
             snprintf(r->uuid, sizeof r->uuid, "%s", l->rep.uuid);
             snprintf(r->accel, sizeof r->accel, "%s", node_accel_name(l->rep.accel));
             snprintf(r->console, sizeof r->console, "%s/console.sock", l->dir);
+            snprintf(r->address, sizeof r->address, "%s", l->rep.address);
         } else {
             snprintf(r->error, sizeof r->error, "%s", l->why[0] ? l->why : l->err);
             for (char *c = r->error; *c; c++) /* printable ASCII only on the wire */
@@ -234,7 +235,10 @@ static void on_thread_done(uv_async_t *h)
     l->thread_joined = true;
     l->t_thread_end = uv_now(&l->d->loop);
     if (l->rc == 0 && !l->d->accel) l->d->accel = (int)l->rep.accel; /* detect once */
-    if (l->rc == 0) atomic_store(&l->vm_done, l->vm_total);
+    if (l->rc == 0)
+        atomic_store(&l->vm_done, l->vm_total);
+    else
+        fail(l, "%s", l->err[0] ? l->err : node_strerror(l->rc)); /* stops the pull too */
     launch_pump(l);
 }
 
@@ -269,6 +273,7 @@ static void on_pull_report(const char *line, bool last, void *arg)
 {
     node__launch *l = arg;
     node__pull_progress(l->d, &l->id, l, &l->pp);
+    if (!l->t_planned && l->pp.planned) l->t_planned = uv_now(&l->d->loop);
     if (!last) return;
     l->pulling = false;
     if (l->pp.failed || strncmp(line, "{\"done\"", 7)) {
@@ -325,7 +330,7 @@ static void launch_pump(node__launch *l)
     if (l->pulling) node__pull_progress(d, &l->id, l, &l->pp);
     if (!l->t_planned && l->pp.planned && (l->pulling || l->pulled)) l->t_planned = now;
     if (!l->thread_started && (l->pulled || (l->pulling && l->pp.planned))) start_thread(l);
-    if (l->thread_joined) {
+    if (l->thread_joined && !l->pulling) { /* the VM runs and every chunk is stored */
         finish(l);
         return;
     }

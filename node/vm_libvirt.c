@@ -850,6 +850,27 @@ static uint64_t file_size(const char *path)
     return stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
 }
 
+/* The guest's addresses that libvirt knows from its DHCP leases (a domain on a libvirt
+ * network), space-separated into out; "" when it knows none (no interface, or not on such a
+ * network). */
+static void domain_addresses(virDomainPtr dom, char *out, size_t cap)
+{
+    out[0] = '\0';
+    virDomainInterfacePtr *ifs = NULL;
+    int n = virDomainInterfaceAddresses(dom, &ifs, VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0);
+    size_t used = 0;
+    for (int i = 0; i < n; i++) {
+        for (unsigned k = 0; k < ifs[i]->naddrs; k++) {
+            int w = snprintf(out + used, cap - used, "%s%s", used ? " " : "",
+                             ifs[i]->addrs[k].addr);
+            if (w > 0 && (size_t)w < cap - used) used += (size_t)w;
+        }
+        virDomainInterfaceFree(ifs[i]);
+    }
+    free(ifs);
+    if (n < 0) virResetLastError(); /* no interface or no lease: not an error of the launch */
+}
+
 static uint64_t memory_bytes(const cs_manifest *m)
 {
     uint64_t n = 0;
@@ -1058,6 +1079,7 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
         goto fail;
     }
     r->total_s = node__now_s() - t0;
+    domain_addresses(dom, r->address, sizeof r->address);
     virDomainFree(dom);
     virConnectClose(c);
     cs_manifest_free(m);

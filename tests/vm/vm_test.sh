@@ -47,7 +47,10 @@ destroy_domain() {
 T=
 CASE_DOMAINS=()
 case_cleanup() {
-    for d in "${CASE_DOMAINS[@]}"; do destroy_domain "$d"; done
+    for d in "${CASE_DOMAINS[@]}"; do
+        destroy_domain "$d"
+        rm -rf "${CLOUDLET_LAUNCH_DIR:?}/$d"
+    done
     [ -z "$T" ] || rm -rf "$T"
 }
 trap case_cleanup EXIT

@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Launch by manifest id from an app (docs/launch.md, docs/client.md), with real daemons, real
+# QEMU under libvirt and the test guest. Usage: app_launch_test.sh CLOUDLET CLOUDLETD CASE
+#
+# The app is the node home of the fixture vmstore (vm_test.sh), which holds the base and the
+# custom VM; the node is a daemon of its own fleet on 127.0.0.1 holding only the base (copied
+# with an overlay package). The work directory, the domain XML and the console helpers are
+# vm_test.sh's: it is sourced with the no-op case `true`.
+#
+# The single-quoted command lines are expanded by the guest's shell, not here.
+# shellcheck disable=SC2016
+set -euo pipefail
+CLOUDLETD=$(readlink -f "$2")
+APP_CASE=$3
+# shellcheck source-path=SCRIPTDIR source=vm_test.sh
+source "$(cd "$(dirname "$0")" && pwd)/vm_test.sh" "$1" true
+[ -f "$W/guest" ] || skip "no test guest: the fixture vm (vm_test.sh setup) did not run here"
+[ -f "$W/tick-before-save" ] || skip "no custom VM: the fixture vmstore did not run here"
+# shellcheck source=../lib/procs.sh
+. "$HERE/../lib/procs.sh"
+
+DPIDS=()
+app_cleanup() {
+    stop_pids "${DPIDS[@]}"
+    case_cleanup
+}
+trap app_cleanup EXIT
+
+# node NAME [CONF LINES]: a node home of the cases' fleet holding the base VM, its daemon
+# started (discovery off, 127.0.0.1:any); sets NODE_HOME, NODE_ADDR and NODE_KEY, and makes the
+# app's home hold the fleet's client key.
+node() {
+    local n=$T/$1
+    shift
+    if [ -f "$W/fleet" ]; then
+        cl init --home "$n" --fleet-key "$W/fleet" >/dev/null
+    else
+        cl init --home "$n" --new-fleet >/dev/null
+        (umask 077 && cl fleet-key --home "$n" >"$W/fleet")
+    fi
+    {
+        printf 'discovery = off\nlisten = 127.0.0.1:0\nlaunch_dir = %s\n' "$CLOUDLET_LAUNCH_DIR"
+        for line in "$@"; do echo "$line"; done
+    } >"$n/cloudlet.conf"
+    [ -f "$W/base.pkg" ] || cl overlay export --home "$H" base "$W/base.pkg" >/dev/null
+    cl overlay import --home "$n" "$W/base.pkg" >/dev/null
+    "$CLOUDLETD" --home "$n" --foreground --log-level debug 2>>"$n.log" &
+    DPIDS+=($!)
+    for _ in $(seq 200); do [ -S "$n/control.sock" ] && break; sleep 0.05; done
+    [ -S "$n/control.sock" ] || fail "cloudletd never served: $(tail "$n.log")"
+    cl status --home "$n" --json >"$n.status"
+    NODE_HOME=$n
+    NODE_ADDR=$(json_get "$n.status" '["listen"]')
+    NODE_KEY=$(tr -d '\n' <"$n/node.pub")
+    if [ ! -f "$H/client.key" ]; then
+        cl fleet-key --home "$n" --client >"$T/client.key"
+        cl init --home "$H" --client-key "$T/client.key" >/dev/null
+    fi
+}
+
+# launch NAME [options]: the app launches the custom VM on the node as domain NAME and waits.
+launch() {
+    local name=$1
+    shift
+    cl launch --home "$H" custom --node "$NODE_ADDR" --node-key "$NODE_KEY" --name "$name" \
+        --wait "$@"
+}
+
+# src_bytes REPORT.json KIND: bytes the launch took from sources of KIND (local, neighbour,
+# origin), summed.
+src_bytes() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(sum(s["bytes"] for s in r["sources"] if s["kind"] == sys.argv[2]))
+PY
+}
+
+# The guest of domain $1 carries on from where it was saved: the counter, the value in RAM and
+# the file on its disk.
+resumed() {
+    local sock=$CLOUDLET_LAUNCH_DIR/$1/console.sock
+    [ -S "$sock" ] || fail "no console socket at $sock"
+    local t
+    t=$(tick_now "$sock")
+    [ "$t" -ge "$(cat "$W/tick-before-save")" ] || fail "tick $t: not where it was saved"
+    [ "$(guest_run "$sock" 'echo MARK=$X-$(cat /run/val)-$(cat /mnt/custom.txt)')" = \
+        4242-4343-custom-file ] || fail "the guest lost its state"
+}
+
+# ---- cases ----------------------------------------------------------------------------------------
+
+app_launch_resumes_with_only_the_overlay_from_the_app() {
+    scratch
+    node n
+    local name=$P-app
+    CASE_DOMAINS=("$name")
+    launch "$name" >"$T/out" 2>"$T/err" || fail "launch failed: $(cat "$T/err" "$T/out")"
+    cat "$T/out"
+    [ "$(tail -1 "$T/out")" = "$name" ] || fail "the last line is not the domain name"
+    for stage in resolve transfer apply restore; do
+        grep -Eiq "$stage" "$T/out" || fail "no time for stage $stage"
+    done
+    resumed "$name"
+    # What travelled from the app: the overlay, not the VM. The node held the base; the package
+    # of the custom VM is the yardstick (its chunk ids and headers aside, the same bytes).
+    destroy_domain "$name"
+    launch "$P-app2" --json >"$T/j" 2>"$T/err" || fail "second launch: $(cat "$T/err")"
+    CASE_DOMAINS+=("$P-app2")
+    local origin pkg
+    origin=$(src_bytes "$T/j" origin)
+    [ "$origin" = 0 ] || fail "a second launch on the same node took $origin bytes from the app"
+    cl overlay export --home "$H" custom "$T/custom.pkg" >/dev/null
+    pkg=$(stat -c %s "$T/custom.pkg")
+    echo "origin bytes of the first launch: $(grep -Eo 'origin[^0-9]*[0-9.]+ [kMG]?B' "$T/out" | head -1); overlay package: $pkg bytes"
+}
+
+app_launch_errors_are_clear_and_leave_nothing() {
+    scratch
+    node n
+    local unknown
+    unknown=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    expect_status 1 cl launch --home "$H" "$unknown" --node "$NODE_ADDR" --node-key "$NODE_KEY" --wait
+    grep -q "unknown manifest $unknown" "$T/err" || fail "$(cat "$T/err")"
+    # A name libvirt already has: refused, and no directory is left.
+    local name=$P-taken
+    CASE_DOMAINS=("$name")
+    cp --sparse=always "$(guest)/disk.img" "$T/disk.img"
+    domain_xml "$name" "$T/disk.img" "$T" >"$T/d.xml"
+    virsh_ define "$T/d.xml" >/dev/null
+    expect_status 1 launch "$name"
+    grep -q "a domain named $name exists already" "$T/err" || fail "$(cat "$T/err")"
+    [ ! -e "$CLOUDLET_LAUNCH_DIR/$name" ] || fail "a launch directory was left"
+}
+
+app_gone_mid_launch_fails_cleanly_and_the_retry_takes_only_the_rest() {
+    scratch
+    # 100 KiB/s from all sources: the transfer of the overlay takes several seconds.
+    node n "rate_total = 100K"
+    local name=$P-gone before after
+    CASE_DOMAINS=("$name" "$P-retry")
+    cl store stats --home "$NODE_HOME" --json >"$T/s0"
+    before=$(json_get "$T/s0" '["chunks"]')
+    (exec "$CLOUDLET" launch --home "$H" custom --node "$NODE_ADDR" --node-key "$NODE_KEY" \
+        --name "$name" --wait >"$T/o1" 2>"$T/e1") &
+    local app=$!
+    sleep 2
+    kill -9 "$app" || fail "the launch ended before the app could be killed: $(cat "$T/o1" "$T/e1")"
+    wait "$app" 2>/dev/null || true
+    for _ in $(seq 100); do grep -q "launch of .* failed" "$NODE_HOME.log" && break; sleep 0.1; done
+    grep -q "launch of .* failed: the app went away" "$NODE_HOME.log" ||
+        fail "the node did not end the launch when the app went: $(tail -5 "$NODE_HOME.log")"
+    ! virsh_ dominfo "$name" >/dev/null 2>&1 || fail "a domain was left"
+    [ ! -e "$CLOUDLET_LAUNCH_DIR/$name" ] || fail "a launch directory was left"
+    # What arrived before the app went stays for the next try.
+    cl store stats --home "$NODE_HOME" --json >"$T/s1"
+    after=$(json_get "$T/s1" '["chunks"]')
+    [ "$after" -gt "$before" ] || fail "no chunk stayed: $before before, $after after"
+    launch "$P-retry" --json >"$T/j2" 2>"$T/e2" || fail "retry: $(cat "$T/e2")"
+    echo "kept $((after - before)) chunks; the retry took $(src_bytes "$T/j2" origin) bytes from the app"
+    resumed "$P-retry"
+}
+
+two_apps_launching_one_manifest_share_its_fetch() {
+    scratch
+    # 200 KiB/s: the first launch's fetch is still running when the second arrives.
+    node n "rate_total = 200K"
+    CASE_DOMAINS=("$P-s1" "$P-s2")
+    launch "$P-s1" --json >"$T/j1" 2>"$T/e1" &
+    local first=$!
+    for _ in $(seq 100); do grep -q "pull .* from 1 peer" "$NODE_HOME.log" && break; sleep 0.05; done
+    launch "$P-s2" --json >"$T/j2" 2>"$T/e2" || fail "second launch: $(cat "$T/e2")"
+    wait "$first" || fail "first launch: $(cat "$T/e1")"
+    local o1 o2
+    o1=$(src_bytes "$T/j1" origin)
+    o2=$(src_bytes "$T/j2" origin)
+    echo "origin bytes: first launch $o1, second launch $o2"
+    [ "$o1" -gt 0 ] && [ "$o2" = 0 ] || fail "the fetch was not shared: $o1 and $o2 bytes from the app"
+    resumed "$P-s1"
+    resumed "$P-s2"
+}
+
+"$APP_CASE"
