@@ -83,6 +83,9 @@ struct node_import_report;
 void cli_print_import(const cli_common *co, const struct node_import_report *r, const cs_id *id,
                       const char *name);
 
+/* Columns of the terminal on standard error (80 when unknown). */
+int cli_term_width(void);
+
 /* "1.5 GiB" style; buf of 32 bytes. */
 const char *cli_bytes(uint64_t n, char buf[32]);
 /* Prints s as a JSON string (quotes included). */

@@ -139,6 +139,10 @@ static void on_progress(const cl_progress *p, void *arg)
             snprintf(line + n, sizeof line - (size_t)n, "  ETA %.0f s",
                      (double)(p->fetch_total - p->fetch_done) / rate);
     }
+    /* One row: a line wider than the terminal would wrap, and \r would clear only its last
+     * row. */
+    int width = cli_term_width() - 1;
+    if (width > 0 && width < (int)sizeof line) line[width] = '\0';
     fprintf(stderr, "\r\033[K%s", line);
     sh->line = true;
 }

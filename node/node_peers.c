@@ -458,9 +458,15 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
         return;
     default: break;
     }
+    /* The static peer this beacon is from: same host, and the same node key when the
+     * configuration names one, else the same TCP port (several nodes may share a host). */
     int static_idx = -1;
-    for (unsigned i = 0; i < s->nstatic; i++)
-        if (s->statics[i].resolved && same_host(from, &s->statics[i].sa)) static_idx = (int)i;
+    for (unsigned i = 0; i < s->nstatic && static_idx < 0; i++) {
+        const node_addr *a = s->statics[i].cfg;
+        if (s->statics[i].resolved && same_host(from, &s->statics[i].sa) &&
+            (a->has_key ? !memcmp(a->key, b.node_pk, NET_KEY_BYTES) : a->port == b.tcp_port))
+            static_idx = (int)i;
+    }
     rc = node__peer_heard(&s->table, &b, ip, static_idx, uv_now(&s->d->loop));
     if (rc == -ENOSPC) {
         if (s->count.table_full++ == 0)
