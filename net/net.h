@@ -346,6 +346,22 @@ typedef struct net_conn_stats {
     uint64_t tx_msgs, rx_msgs, tx_bytes, rx_bytes, tx_rekeys, rx_rekeys;
 } net_conn_stats;
 void net_conn_stats_get(const net_conn *c, net_conn_stats *out);
+/* An outbox keeps, in order, the messages a full send queue refused (NET_EAGAIN) until on_drain
+ * sends them: for senders that must not drop a message (answers to requests). */
+typedef struct net_outmsg net_outmsg;
+typedef struct net_outbox {
+    net_outmsg *head, *tail;
+} net_outbox; /* zero-initialised: empty */
+/* Sends now when nothing waits and the send queue takes it, else keeps the message behind those
+ * waiting. Takes buf (freed once sent or dropped). 0: sent or kept; -ENOMEM: dropped; another
+ * error of net_conn_send: dropped (the connection is closing, on_close follows). */
+int net_outbox_send(net_outbox *o, net_conn *c, uint8_t type, uint8_t *buf, size_t len);
+/* From on_drain: sends what waits while the send queue takes it. true once nothing waits. */
+bool net_outbox_flush(net_outbox *o, net_conn *c);
+bool net_outbox_empty(const net_outbox *o);
+/* Drops (frees) what waits. */
+void net_outbox_clear(net_outbox *o);
+
 /* Clean close: sends CLOSE (FINAL), waits for the peer's FINAL (bounded by close_timeout_ms),
  * then closes. on_close follows with 0 if the peer closed cleanly too. */
 void net_conn_close(net_conn *c);

@@ -791,3 +791,58 @@ void net_conn_abort(net_conn *c, int status)
 {
     conn_teardown(c, status);
 }
+
+/* ---- outbox ---------------------------------------------------------------------------------- */
+
+struct net_outmsg {
+    net_outmsg *next;
+    uint8_t type;
+    uint8_t *buf;
+    size_t len;
+};
+
+int net_outbox_send(net_outbox *o, net_conn *c, uint8_t type, uint8_t *buf, size_t len)
+{
+    if (!o->head) {
+        int rc = net_conn_send(c, type, buf, len);
+        if (rc != NET_EAGAIN) {
+            free(buf); /* sent, or the connection is closing */
+            return rc;
+        }
+    }
+    net_outmsg *m = malloc(sizeof *m);
+    if (!m) {
+        free(buf);
+        return -ENOMEM;
+    }
+    *m = (net_outmsg){NULL, type, buf, len};
+    if (o->tail)
+        o->tail->next = m;
+    else
+        o->head = m;
+    o->tail = m;
+    return 0;
+}
+
+bool net_outbox_flush(net_outbox *o, net_conn *c)
+{
+    while (o->head) {
+        net_outmsg *m = o->head;
+        if (net_conn_send(c, m->type, m->buf, m->len) == NET_EAGAIN) return false;
+        if (!(o->head = m->next)) o->tail = NULL;
+        free(m->buf);
+        free(m);
+    }
+    return true;
+}
+
+bool net_outbox_empty(const net_outbox *o)
+{
+    return o->head == NULL;
+}
+
+void net_outbox_clear(net_outbox *o)
+{
+    for (net_outmsg *m = o->head, *nx; m; m = nx) nx = m->next, free(m->buf), free(m);
+    o->head = o->tail = NULL;
+}

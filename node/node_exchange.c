@@ -72,21 +72,13 @@ typedef struct sreq {
     uint8_t out_type[3];
 } sreq;
 
-/* An answer waiting for the send queue. */
-typedef struct outmsg {
-    struct outmsg *next;
-    uint8_t type;
-    uint8_t *buf;
-    size_t len;
-} outmsg;
-
 struct xconn {
     node__exchange *x;
     xconn *next;
     net_conn *c; /* NULL once closed */
     sreq *q_head, *q_tail;
     unsigned queued, working;
-    outmsg *out_head, *out_tail;
+    net_outbox out; /* answers waiting for the send queue */
     xsource *src; /* the pull source this outgoing connection serves, if any */
     bool asked;   /* a peer asked this node to pull over it (PULL_ASK); its pull runs */
     bool ask_seen;
@@ -248,7 +240,7 @@ static void xconn_maybe_free(xconn *xc)
             break;
         }
     for (sreq *r = xc->q_head, *nx; r; r = nx) nx = r->next, free(r->in), free(r);
-    for (outmsg *o = xc->out_head, *nx; o; o = nx) nx = o->next, free(o->buf), free(o);
+    net_outbox_clear(&xc->out);
     free(xc);
 }
 
@@ -261,39 +253,14 @@ static void xconn_send(xconn *xc, uint8_t type, uint8_t *buf, size_t len)
         free(buf);
         return;
     }
-    if (!xc->out_head) {
-        int rc = net_conn_send(xc->c, type, buf, len);
-        if (rc != NET_EAGAIN) {
-            free(buf); /* sent, or the connection is closing (on_close follows) */
-            return;
-        }
-    }
-    outmsg *o = malloc(sizeof *o);
-    if (!o) {
-        free(buf);
+    if (net_outbox_send(&xc->out, xc->c, type, buf, len) == -ENOMEM)
         net_conn_abort(xc->c, -ENOMEM);
-        return;
-    }
-    *o = (outmsg){NULL, type, buf, len};
-    if (xc->out_tail)
-        xc->out_tail->next = o;
-    else
-        xc->out_head = o;
-    xc->out_tail = o;
 }
 
 static void on_drain(net_conn *c)
 {
     xconn *xc = net_conn_data(c);
-    while (xc->out_head && xc->c) {
-        outmsg *o = xc->out_head;
-        int rc = net_conn_send(xc->c, o->type, o->buf, o->len);
-        if (rc == NET_EAGAIN) return;
-        xc->out_head = o->next;
-        if (!xc->out_head) xc->out_tail = NULL;
-        free(o->buf);
-        free(o);
-    }
+    if (!net_outbox_flush(&xc->out, c)) return;
     serve_pump(xc);
     if (xc->src) pull_pump(xc->src->p);
 }
@@ -466,7 +433,7 @@ static void serve_done(uv_work_t *w, int status)
 
 static void serve_pump(xconn *xc)
 {
-    while (xc->c && !xc->out_head && xc->working < SERVE_WORKERS && xc->q_head) {
+    while (xc->c && net_outbox_empty(&xc->out) && xc->working < SERVE_WORKERS && xc->q_head) {
         sreq *r = xc->q_head;
         xc->q_head = r->next;
         if (!xc->q_head) xc->q_tail = NULL;

@@ -168,14 +168,6 @@ typedef struct job {
 
 static const uint8_t job_out_type[3] = {NET_MSG_DELTAS, NET_MSG_CHUNKS, NET_MSG_DONT_HAVE};
 
-/* An answer waiting for the send queue. */
-typedef struct outmsg {
-    struct outmsg *next;
-    uint8_t type;
-    uint8_t *buf;
-    size_t len;
-} outmsg;
-
 struct launch {
     cl_client *cl;
     const cl_launch_opts *o;
@@ -196,7 +188,7 @@ struct launch {
     job *wait_head, *wait_tail;
     size_t nwait;
     unsigned working;
-    outmsg *out_head, *out_tail;
+    net_outbox out; /* answers waiting for the send queue */
     cl_progress prog;
 };
 
@@ -225,7 +217,8 @@ static void job_free(job *j)
 
 static void maybe_close(launch *l)
 {
-    if (l->ended && !l->closing && l->c && !l->working && !l->wait_head && !l->out_head) {
+    if (l->ended && !l->closing && l->c && !l->working && !l->wait_head &&
+        net_outbox_empty(&l->out)) {
         l->closing = true;
         net_conn_close(l->c);
     }
@@ -238,26 +231,9 @@ static void send_msg(launch *l, uint8_t type, uint8_t *buf, size_t len)
         free(buf);
         return;
     }
-    if (!l->out_head) {
-        int rc = net_conn_send(l->c, type, buf, len);
-        if (rc != NET_EAGAIN) {
-            if (rc == 0) l->prog.sent_bytes += len;
-            free(buf); /* any other error closes the connection: on_close follows */
-            return;
-        }
-    }
-    outmsg *m = malloc(sizeof *m);
-    if (!m) {
-        free(buf);
-        fail(l, -ENOMEM, "out of memory");
-        return;
-    }
-    *m = (outmsg){NULL, type, buf, len};
-    if (l->out_tail)
-        l->out_tail->next = m;
-    else
-        l->out_head = m;
-    l->out_tail = m;
+    int rc = net_outbox_send(&l->out, l->c, type, buf, len);
+    if (rc == 0) l->prog.sent_bytes += len;
+    if (rc == -ENOMEM) fail(l, -ENOMEM, "out of memory");
 }
 
 /* ---- answering GET and GET_DELTA (worker pool) ----------------------------------------------- */
@@ -398,7 +374,7 @@ static void serve_done(uv_work_t *w, int status)
 /* Starts waiting requests while there is room on the pool and in the send queue. */
 static void pump(launch *l)
 {
-    while (l->c && l->wait_head && l->working < SERVE_WORKERS && !l->out_head) {
+    while (l->c && l->wait_head && l->working < SERVE_WORKERS && net_outbox_empty(&l->out)) {
         job *j = l->wait_head;
         if (!(l->wait_head = j->next)) l->wait_tail = NULL;
         l->nwait--;
@@ -576,14 +552,7 @@ static void on_established(net_conn *c)
 static void on_drain(net_conn *c)
 {
     launch *l = net_conn_data(c);
-    while (l->out_head && l->c) {
-        outmsg *m = l->out_head;
-        int rc = net_conn_send(l->c, m->type, m->buf, m->len);
-        if (rc == NET_EAGAIN) return; /* the next on_drain sends the rest */
-        if (rc == 0) l->prog.sent_bytes += m->len;
-        if (!(l->out_head = m->next)) l->out_tail = NULL;
-        free(m->buf), free(m);
-    }
+    if (!net_outbox_flush(&l->out, c)) return; /* the next on_drain sends the rest */
     pump(l);
     maybe_close(l);
 }
@@ -611,12 +580,7 @@ static void on_close(net_conn *c, int status)
                  "client key, or its node key is not cloudlet-node-key:%s",
                  l->ip, l->node->port, hex);
     }
-    while (l->out_head) {
-        outmsg *m = l->out_head;
-        l->out_head = m->next;
-        free(m->buf), free(m);
-    }
-    l->out_tail = NULL;
+    net_outbox_clear(&l->out);
     while (l->wait_head) {
         job *j = l->wait_head;
         l->wait_head = j->next;
