@@ -1,11 +1,12 @@
 /*
  * Fuzz target: chunk exchange messages from untrusted bytes.
  *
- * The first input byte picks the message type (its value modulo the eleven types of the
- * exchange, MANIFEST_GET .. DELTAS), the rest is the payload. Whatever decodes must encode back
- * to the same bytes (one encoding per message), a CHUNKS message either decompresses to exactly
- * what it declared or fails cleanly, and each frame of a DELTAS message either rebuilds a chunk
- * against a base or fails cleanly (it may not inflate past 4096 bytes: the decoder checked).
+ * The first input byte picks the message type (its value modulo the twelve types of the
+ * exchange, MANIFEST_GET .. ZCHUNKS), the rest is the payload. Whatever decodes must encode
+ * back to the same bytes (one encoding per message), a CHUNKS message either decompresses to
+ * exactly what it declared or fails cleanly, each frame of a DELTAS message either rebuilds a
+ * chunk against a base or fails cleanly (it may not inflate past 4096 bytes: the decoder
+ * checked), and a ZCHUNKS part, to a fresh stream decoder, yields exactly its chunks or fails.
  */
 #include "net.h"
 
@@ -22,7 +23,7 @@ static void same(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1) return 0;
-    uint8_t type = (uint8_t)(NET_MSG_MANIFEST_GET + data[0] % 11);
+    uint8_t type = (uint8_t)(NET_MSG_MANIFEST_GET + data[0] % 12);
     const uint8_t *p = data + 1;
     size_t len = size - 1;
     net_msg m;
@@ -77,6 +78,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         rc = net_msg_encode_deltas(m.req, m.ids, m.n, frames, lens, &out, &olen);
         break;
+    }
+    case NET_MSG_ZCHUNKS: {
+        /* A part of a stream from a fresh decoder: exactly its chunks, or refused. */
+        net_zstream *z = net_zstream_decoder();
+        uint8_t *buf = malloc((size_t)m.n * NET_CHUNK_BYTES);
+        if (!z || !buf) abort();
+        int d = net_msg_zchunks(&m, z, buf);
+        if (d != 0 && d != NET_EFORMAT) abort();
+        net_zstream_free(z);
+        free(buf);
+        return 0;
     }
     case NET_MSG_PULL_DONE:
         rc = net_msg_encode_pull_done(m.req, m.ok, m.chunks, (const char *)m.text, m.text_len, &out,

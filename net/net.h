@@ -383,6 +383,7 @@ enum {
     NET_MSG_PULL_DONE = 0x28,    /* request id, ok, chunks fetched, text: how that pull ended */
     NET_MSG_GET_DELTA = 0x29,    /* request id, (id, base id) pairs: send these as deltas */
     NET_MSG_DELTAS = 0x2a,       /* request id, ids, one delta frame per chunk */
+    NET_MSG_ZCHUNKS = 0x2b,      /* request id, ids, their bytes as the next part of a stream */
 };
 
 #define NET_ID_BYTES 32u             /* a chunk or manifest id (BLAKE2b-256) */
@@ -494,6 +495,25 @@ int net_delta_encode(const uint8_t chunk[NET_CHUNK_BYTES], const uint8_t base[NE
  * still has to be checked against its id: against another base a frame decodes to other bytes. */
 int net_delta_decode(const uint8_t *frame, size_t len, const uint8_t base[NET_CHUNK_BYTES],
                      uint8_t out[NET_CHUNK_BYTES]) NET_WUR;
+
+/* ZCHUNKS (docs/protocol.md §9): whole chunks compressed as the next part of one zstd stream
+ * per connection and direction (a long window: a chunk may match bytes sent many messages
+ * before), which the receiver decodes in the order the messages come. An app answers GETs with
+ * ZCHUNKS: its link is the slow one. A part that does not decode to exactly its n chunks
+ * breaks the stream: the receiver closes the connection. */
+#define NET_ZSTREAM_WINDOW_LOG 27 /* 128 MiB: the receiver's bound on the stream's window */
+typedef struct net_zstream net_zstream;
+/* An encoder at zstd level (long-distance matching on) or a decoder; NULL when out of memory. */
+net_zstream *net_zstream_encoder(int level);
+net_zstream *net_zstream_decoder(void);
+void net_zstream_free(net_zstream *z); /* NULL is fine */
+/* ZCHUNKS: n (1..NET_GET_MAX) ids and their n * 4096 bytes, compressed as the next part of
+ * encoder z's stream. */
+int net_msg_encode_zchunks(uint32_t req, const uint8_t *ids, uint32_t n, const void *chunks,
+                           net_zstream *z, uint8_t **out, size_t *len) NET_WUR;
+/* Decodes a decoded ZCHUNKS message's part with decoder z into out (m->n * 4096 bytes): 0, or
+ * NET_EFORMAT when the part does not yield exactly that (the stream is then unusable). */
+int net_msg_zchunks(const net_msg *m, net_zstream *z, void *out) NET_WUR;
 
 /* ---- launching a VM for an app (docs/protocol.md §10) ----------------------------------------- */
 

@@ -158,6 +158,21 @@ static int decode_deltas(const uint8_t *p, size_t len, net_msg *m)
     return at == m->zlen ? 0 : NET_EFORMAT;
 }
 
+/* ZCHUNKS: req u32 || n u32 || n x id[32] || part (at least one byte) */
+static int decode_zchunks(const uint8_t *p, size_t len, net_msg *m)
+{
+    if (len < IDS_HEADER) return NET_EFORMAT;
+    m->req = get32(p);
+    m->n = get32(p + 4);
+    if (m->n == 0 || m->n > NET_GET_MAX) return NET_EFORMAT;
+    size_t idlen = (size_t)m->n * NET_ID_BYTES;
+    if (len - IDS_HEADER <= idlen) return NET_EFORMAT;
+    m->ids = p + IDS_HEADER;
+    m->z = m->ids + idlen;
+    m->zlen = len - IDS_HEADER - idlen;
+    return 0;
+}
+
 static int decode_bitmap(const uint8_t *p, size_t len, net_msg *m)
 {
     if (len < IDS_HEADER) return NET_EFORMAT;
@@ -241,6 +256,7 @@ int net_msg_decode(uint8_t type, const uint8_t *payload, size_t len, net_msg *ou
     case NET_MSG_PULL_DONE: rc = decode_pull_done(payload, len, out); break;
     case NET_MSG_GET_DELTA: rc = decode_get_delta(payload, len, out); break;
     case NET_MSG_DELTAS: rc = decode_deltas(payload, len, out); break;
+    case NET_MSG_ZCHUNKS: rc = decode_zchunks(payload, len, out); break;
     default: return -EINVAL;
     }
     if (rc) {
@@ -509,4 +525,97 @@ int net_delta_decode(const uint8_t *frame, size_t len, const uint8_t base[NET_CH
     if (!ZSTD_isError(r)) r = ZSTD_DCtx_refPrefix(x->d, base, NET_CHUNK_BYTES);
     if (!ZSTD_isError(r)) r = ZSTD_decompressDCtx(x->d, out, NET_CHUNK_BYTES, frame, len);
     return !ZSTD_isError(r) && r == NET_CHUNK_BYTES ? 0 : NET_EFORMAT;
+}
+
+/* ---- ZCHUNKS: one stream per connection and direction ----------------------------------------- */
+
+struct net_zstream {
+    ZSTD_CCtx *c;
+    ZSTD_DCtx *d;
+};
+
+net_zstream *net_zstream_encoder(int level)
+{
+    net_zstream *z = calloc(1, sizeof *z);
+    if (!z || !(z->c = ZSTD_createCCtx())) {
+        free(z);
+        return NULL;
+    }
+    ZSTD_CCtx_setParameter(z->c, ZSTD_c_compressionLevel, level);
+    ZSTD_CCtx_setParameter(z->c, ZSTD_c_windowLog, NET_ZSTREAM_WINDOW_LOG);
+    ZSTD_CCtx_setParameter(z->c, ZSTD_c_enableLongDistanceMatching, 1);
+    return z;
+}
+
+net_zstream *net_zstream_decoder(void)
+{
+    net_zstream *z = calloc(1, sizeof *z);
+    if (!z || !(z->d = ZSTD_createDCtx())) {
+        free(z);
+        return NULL;
+    }
+    /* A sender cannot make this end keep more history than this. */
+    ZSTD_DCtx_setParameter(z->d, ZSTD_d_windowLogMax, NET_ZSTREAM_WINDOW_LOG);
+    return z;
+}
+
+void net_zstream_free(net_zstream *z)
+{
+    if (!z) return;
+    ZSTD_freeCCtx(z->c);
+    ZSTD_freeDCtx(z->d);
+    free(z);
+}
+
+int net_msg_encode_zchunks(uint32_t req, const uint8_t *ids, uint32_t n, const void *chunks,
+                           net_zstream *z, uint8_t **out, size_t *len)
+{
+    if (n == 0 || n > NET_GET_MAX || !z || !z->c) return -EINVAL;
+    size_t idlen = (size_t)n * NET_ID_BYTES, raw = (size_t)n * NET_CHUNK_BYTES;
+    size_t cap = IDS_HEADER + idlen + ZSTD_compressBound(raw) + 64;
+    uint8_t *buf = malloc(cap);
+    if (!buf) return -ENOMEM;
+    put32(buf, req);
+    put32(buf + 4, n);
+    memcpy(buf + IDS_HEADER, ids, idlen);
+    ZSTD_inBuffer in = {chunks, raw, 0};
+    ZSTD_outBuffer o = {buf + IDS_HEADER + idlen, cap - IDS_HEADER - idlen, 0};
+    size_t left;
+    /* Flushed: the receiver can decode every byte of this part from it and what came before. */
+    do {
+        left = ZSTD_compressStream2(z->c, &o, &in, ZSTD_e_flush);
+    } while (!ZSTD_isError(left) && left && o.pos < o.size);
+    if (ZSTD_isError(left) || left || in.pos != raw || o.pos > NET_PAYLOAD_MAX - IDS_HEADER - idlen) {
+        free(buf);
+        return NET_EFORMAT;
+    }
+    *out = buf;
+    *len = IDS_HEADER + idlen + o.pos;
+    return 0;
+}
+
+int net_msg_zchunks(const net_msg *m, net_zstream *z, void *out)
+{
+    if (m->type != NET_MSG_ZCHUNKS || m->n == 0 || m->n > NET_GET_MAX || !z || !z->d)
+        return -EINVAL;
+    size_t want = (size_t)m->n * NET_CHUNK_BYTES;
+    ZSTD_inBuffer in = {m->z, m->zlen, 0};
+    ZSTD_outBuffer o = {out, want, 0};
+    while (o.pos < o.size) { /* until full, or no progress (the part ran out) */
+        size_t ipos = in.pos, opos = o.pos;
+        size_t r = ZSTD_decompressStream(z->d, &o, &in);
+        if (ZSTD_isError(r)) return NET_EFORMAT;
+        if (in.pos == ipos && o.pos == opos) break;
+    }
+    if (o.pos != want) return NET_EFORMAT;
+    /* Exactly this part: nothing of it left unread, and no byte more to come out of it. */
+    uint8_t extra;
+    ZSTD_outBuffer x = {&extra, 1, 0};
+    while (in.pos < in.size) {
+        size_t r = ZSTD_decompressStream(z->d, &x, &in);
+        if (ZSTD_isError(r) || x.pos) return NET_EFORMAT;
+        if (in.pos < in.size && r == 0) return NET_EFORMAT;
+    }
+    size_t r = ZSTD_decompressStream(z->d, &x, &in);
+    return !ZSTD_isError(r) && x.pos == 0 ? 0 : NET_EFORMAT;
 }

@@ -119,6 +119,7 @@ struct xsource {
     int port;
     xconn *xc; /* NULL until connected and once gone */
     bool origin; /* the app of a launch: the planner's origin, the last source */
+    net_zstream *zdec; /* the origin's ZCHUNKS stream, once it sent one */
     bool up, gone, in_have, in_plan;
     int status; /* why it went away */
     uint8_t *holdings;
@@ -137,7 +138,7 @@ typedef struct vjob {
     uv_work_t work;
     node__pull *p;
     unsigned src;
-    uint8_t type; /* CHUNKS or DELTAS */
+    uint8_t type; /* CHUNKS or DELTAS as received, or ZCHUNKS decoded already (raw chunks) */
     cs_id bases[GET_BATCH];
     uint32_t n;
     uint32_t idx[GET_BATCH];
@@ -509,6 +510,7 @@ static void on_message(net_conn *c, uint8_t type, const uint8_t *payload, size_t
     case NET_MSG_HAVE_BITMAP:
     case NET_MSG_CHUNKS:
     case NET_MSG_DELTAS:
+    case NET_MSG_ZCHUNKS:
     case NET_MSG_DONT_HAVE:
         if (xc->src)
             pull_on_answer(xc->src, type, payload, len);
@@ -722,6 +724,7 @@ static void pull_maybe_free(node__pull *p)
         }
     for (unsigned i = 0; i < p->nsrc; i++) {
         free(p->src[i].holdings);
+        net_zstream_free(p->src[i].zdec);
         for (xget *g = p->src[i].gets, *nx; g; g = nx) nx = g->next, free(g);
     }
     for (unsigned i = 0; i < p->nchain; i++) free(p->chain[i]);
@@ -1517,6 +1520,11 @@ static void decode_batch(vjob *j, uint8_t *data, bool *decoded)
 {
     net_msg m;
     memset(decoded, 0, j->n * sizeof *decoded);
+    if (j->type == NET_MSG_ZCHUNKS) { /* decoded on the loop, in stream order */
+        memcpy(data, j->payload, (size_t)j->n * CS_CHUNK_SIZE);
+        for (uint32_t i = 0; i < j->n; i++) decoded[i] = true;
+        return;
+    }
     if (net_msg_decode(j->type, j->payload, j->len, &m) != 0) return;
     if (j->type == NET_MSG_CHUNKS) {
         if (net_msg_chunks(&m, data) == 0)
@@ -1656,14 +1664,28 @@ static void on_chunks(xsource *s, const net_msg *m, const uint8_t *payload, size
         *link = g->next;
         free(g);
     }
-    j->payload = malloc(len);
+    if (m->type == NET_MSG_ZCHUNKS) {
+        /* Parts of one stream: decoded here, in the order they came (a fast decode: the
+         * origin's link is the slow one), then verified and stored on the pool. */
+        if (!s->zdec) s->zdec = net_zstream_decoder();
+        j->len = (size_t)m->n * CS_CHUNK_SIZE;
+        j->payload = s->zdec ? malloc(j->len) : NULL;
+        if (j->payload && net_msg_zchunks(m, s->zdec, j->payload) != 0) {
+            free(j->payload);
+            free(j);
+            if (s->xc && s->xc->c) net_conn_abort(s->xc->c, NET_EFORMAT); /* stream broken */
+            return;
+        }
+    } else {
+        j->payload = malloc(len);
+        if (j->payload) memcpy(j->payload, payload, len);
+        j->len = len;
+    }
     if (!j->payload) {
         free(j);
         pull_fail(p, "out of memory");
         return;
     }
-    memcpy(j->payload, payload, len);
-    j->len = len;
     j->work.data = j;
     if (uv_queue_work(&p->x->d->loop, &j->work, verify_work, verify_done) != 0) {
         free(j->payload);
@@ -1715,6 +1737,12 @@ static void pull_on_answer(xsource *s, uint8_t type, const uint8_t *payload, siz
     switch (type) {
     case NET_MSG_MANIFEST: on_manifest(s, &m); break;
     case NET_MSG_HAVE_BITMAP: on_have_bitmap(s, &m); break;
+    case NET_MSG_ZCHUNKS:
+        if (!s->origin) { /* only an app's answers come as a stream */
+            if (s->xc && s->xc->c) net_conn_abort(s->xc->c, NET_EFORMAT);
+            break;
+        }
+        /* fall through */
     case NET_MSG_CHUNKS:
     case NET_MSG_DELTAS:
         if (p->phase == P_FETCH) on_chunks(s, &m, payload, len);

@@ -33,7 +33,8 @@
 #define SERVE_WORKERS   2      /* requests on the worker pool at once */
 #define SERVE_QUEUE_MAX 1024   /* requests waiting; past it the node is cut off */
 #define MAX_CHAIN       16     /* manifests of a chain served at most (as a node fetches them) */
-#define CHUNK_LEVEL     3      /* zstd level of whole chunks: the app's link is the slow one */
+#define CHUNK_LEVEL     9      /* zstd level of the stream of whole chunks: the app's link is
+                                  the slow one, and the loop compresses about 50 MB/s at it */
 #define DELTA_LEVEL     19     /* a delta is one chunk: the strongest level costs little */
 #define SILENCE_MS      120000 /* default: a node silent this long is taken as gone */
 /* A delta is sent only when clearly smaller than the chunk, which would itself be compressed
@@ -161,12 +162,14 @@ typedef struct job {
     uint32_t req, n;
     uint8_t *ids, *bases; /* n ids each (bases: GET_DELTA only) */
     int err;
-    uint8_t *out[3]; /* DELTAS, CHUNKS, DONT_HAVE: each may be absent */
-    size_t out_len[3];
-    uint64_t whole, deltas, refused;
+    uint8_t *out[2]; /* DELTAS, DONT_HAVE: each may be absent */
+    size_t out_len[2];
+    uint8_t *whole_ids, *whole; /* chunks sent whole: compressed on the loop, in send order */
+    uint32_t nwhole;
+    uint64_t deltas, refused;
 } job;
 
-static const uint8_t job_out_type[3] = {NET_MSG_DELTAS, NET_MSG_CHUNKS, NET_MSG_DONT_HAVE};
+static const uint8_t job_out_type[2] = {NET_MSG_DELTAS, NET_MSG_DONT_HAVE};
 
 struct launch {
     cl_client *cl;
@@ -189,6 +192,7 @@ struct launch {
     size_t nwait;
     unsigned working;
     net_outbox out; /* answers waiting for the send queue */
+    net_zstream *zenc; /* the stream whole chunks are compressed into (ZCHUNKS) */
     cl_progress prog;
 };
 
@@ -210,8 +214,8 @@ static void fail(launch *l, int err, const char *fmt, ...)
 
 static void job_free(job *j)
 {
-    free(j->ids), free(j->bases);
-    for (int i = 0; i < 3; i++) free(j->out[i]);
+    free(j->ids), free(j->bases), free(j->whole_ids), free(j->whole);
+    for (int i = 0; i < 2; i++) free(j->out[i]);
     free(j);
 }
 
@@ -334,12 +338,13 @@ static void serve_work(uv_work_t *w)
     rc = 0;
     if (nd)
         rc = net_msg_encode_deltas(j->req, ids_d, nd, frames, flens, &j->out[0], &j->out_len[0]);
-    if (!rc && nw)
-        rc = net_msg_encode_chunks(j->req, ids_w, nw, whole, CHUNK_LEVEL, &j->out[1],
-                                   &j->out_len[1]);
     if (!rc && nx)
-        rc = net_msg_encode_ids(NET_MSG_DONT_HAVE, j->req, ids_x, nx, &j->out[2], &j->out_len[2]);
-    j->deltas = nd, j->whole = nw, j->refused = nx;
+        rc = net_msg_encode_ids(NET_MSG_DONT_HAVE, j->req, ids_x, nx, &j->out[1], &j->out_len[1]);
+    if (!rc && nw) { /* handed to serve_done, which compresses them into the stream */
+        j->whole_ids = ids_w, j->whole = whole, ids_w = NULL, whole = NULL;
+        j->nwhole = nw;
+    }
+    j->deltas = nd, j->refused = nx;
 out:
     j->err = rc;
     free(give), free(base_ok), free(held), free(bheld), free(data), free(base), free(dbuf);
@@ -354,12 +359,25 @@ static void serve_done(uv_work_t *w, int status)
     launch *l = j->l;
     l->working--;
     if (status == 0 && j->err == 0 && l->c) {
-        for (int i = 0; i < 3; i++)
+        /* Whole chunks go as the next part of this connection's stream: compressed here, in
+         * the order the parts are sent, so the node decodes them in the order it gets them. */
+        uint8_t *z = NULL;
+        size_t zlen = 0;
+        int zrc = 0;
+        if (j->nwhole && (zrc = net_msg_encode_zchunks(j->req, j->whole_ids, j->nwhole, j->whole,
+                                                       l->zenc, &z, &zlen))) {
+            fail(l, zrc, "cannot compress chunks: %s", cl_strerror(zrc));
+            job_free(j);
+            maybe_close(l);
+            return;
+        }
+        if (z) send_msg(l, NET_MSG_ZCHUNKS, z, zlen);
+        for (int i = 0; i < 2; i++)
             if (j->out[i]) {
                 send_msg(l, job_out_type[i], j->out[i], j->out_len[i]);
                 j->out[i] = NULL;
             }
-        l->prog.served_chunks += j->whole;
+        l->prog.served_chunks += j->nwhole;
         l->prog.served_deltas += j->deltas;
         l->prog.refused += j->refused;
     } else if (l->c) {
@@ -641,11 +659,12 @@ int cl_launch(cl_client *c, const cl_node *node, const uint8_t id[CL_ID_BYTES],
     }
     net_keys keys;
     net_client_keys(&keys, c->client_key);
-    if ((rc = uv_loop_init(&l->loop))) {
+    if (!(l->zenc = net_zstream_encoder(CHUNK_LEVEL)) || (rc = uv_loop_init(&l->loop))) {
         net_keys_wipe(&keys);
+        net_zstream_free(l->zenc);
         chain_free(&l->ch);
         free(l);
-        return rc;
+        return rc ? rc : -ENOMEM;
     }
     rc = net_endpoint_new(&l->loop, &c->kp, &keys, NULL, &l->ep);
     net_keys_wipe(&keys);
@@ -675,6 +694,7 @@ int cl_launch(cl_client *c, const cl_node *node, const uint8_t id[CL_ID_BYTES],
     while (uv_run(&l->loop, UV_RUN_DEFAULT)) {}
     if (uv_loop_close(&l->loop) != 0 && !rc) rc = -EBUSY;
     r->last = l->prog;
+    net_zstream_free(l->zenc);
     chain_free(&l->ch);
     free(l);
     return rc;

@@ -143,6 +143,7 @@ typedef struct dnode {
     bool closed;
     int close_status;
     uint64_t protocol_errors; /* answers that match no request */
+    net_zstream *zdec;        /* the app's stream of whole chunks (ZCHUNKS) */
 } dnode;
 
 static void dsend(dnode *d, uint8_t type, uint8_t *buf, size_t len)
@@ -287,9 +288,10 @@ static void d_message(net_conn *c, uint8_t type, const uint8_t *p, size_t len)
     }
     uint8_t *data = NULL;
     switch (type) {
-    case NET_MSG_CHUNKS:
+    case NET_MSG_ZCHUNKS:
         data = malloc((size_t)m.n * 4096);
-        CHECK_OK(net_msg_chunks(&m, data));
+        if (!d->zdec) CHECK((d->zdec = net_zstream_decoder()) != NULL);
+        CHECK_OK(net_msg_zchunks(&m, d->zdec, data));
         for (uint32_t i = 0; i < m.n; i++) {
             cs_id got;
             cs_chunk_id(data + (size_t)i * 4096, &got);
@@ -375,6 +377,8 @@ static void *d_thread(void *arg)
     pthread_mutex_unlock(&d->mu);
     uv_run(&d->loop, UV_RUN_DEFAULT);
     CHECK_OK(uv_loop_close(&d->loop));
+    net_zstream_free(d->zdec);
+    d->zdec = NULL;
     return NULL;
 }
 

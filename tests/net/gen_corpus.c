@@ -175,6 +175,12 @@ static void messages(const char *dir)
     save_msg(dir, "deltas", NET_MSG_DELTAS, out, len);
     CHECK_OK(net_msg_encode_deltas(6, ids, 1, fp, lens, &out, &len));
     save_msg(dir, "deltas_one", NET_MSG_DELTAS, out, len);
+    /* The first part of a ZCHUNKS stream (a fresh decoder can read it). */
+    net_zstream *z = net_zstream_encoder(3);
+    CHECK(z != NULL);
+    CHECK_OK(net_msg_encode_zchunks(7, ids, 4, chunks, z, &out, &len));
+    save_msg(dir, "zchunks", NET_MSG_ZCHUNKS, out, len);
+    net_zstream_free(z);
 }
 
 static void launches(const char *dir)

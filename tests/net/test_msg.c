@@ -522,6 +522,88 @@ static void deltas_code_on_several_threads_at_once(void)
     for (int i = 0; i < 4; i++) CHECK_OK(pthread_join(th[i], NULL));
 }
 
+/* Three parts of one stream: the third repeats the first's random bytes, which the long window
+ * finds, so it costs next to nothing; each decodes, in order, to exactly its chunks. */
+static void zchunks_parts_decode_in_order_and_match_across_messages(void)
+{
+    enum { N = 32 };
+    uint8_t ids[N * NET_ID_BYTES], *out[3];
+    size_t len[3];
+    uint8_t *data = malloc(3 * (size_t)N * NET_CHUNK_BYTES);
+    tl_fill_random(data, 2 * (size_t)N * NET_CHUNK_BYTES, 5); /* two random batches */
+    memcpy(data + 2 * (size_t)N * NET_CHUNK_BYTES, data, (size_t)N * NET_CHUNK_BYTES);
+    ids_fill(ids, N, 6);
+    net_zstream *enc = net_zstream_encoder(3), *dec = net_zstream_decoder();
+    CHECK(enc && dec);
+    for (int k = 0; k < 3; k++)
+        CHECK_OK(net_msg_encode_zchunks((uint32_t)k, ids, N, data + (size_t)k * N * NET_CHUNK_BYTES,
+                                        enc, &out[k], &len[k]));
+    CHECK(len[2] < len[0] / 20); /* the repeat is a reference, not the bytes again */
+    uint8_t *back = malloc((size_t)N * NET_CHUNK_BYTES);
+    for (int k = 0; k < 3; k++) {
+        net_msg m;
+        CHECK_OK(net_msg_decode(NET_MSG_ZCHUNKS, out[k], len[k], &m));
+        CHECK_EQ(m.req, (uint32_t)k);
+        CHECK_EQ(m.n, N);
+        CHECK_OK(net_msg_zchunks(&m, dec, back));
+        CHECK_MEM(back, data + (size_t)k * N * NET_CHUNK_BYTES, (size_t)N * NET_CHUNK_BYTES);
+    }
+    /* Out of order, the third part means nothing to a fresh decoder. */
+    net_zstream *fresh = net_zstream_decoder();
+    net_msg m;
+    CHECK_OK(net_msg_decode(NET_MSG_ZCHUNKS, out[2], len[2], &m));
+    CHECK_EQ(net_msg_zchunks(&m, fresh, back), NET_EFORMAT);
+    net_zstream_free(fresh);
+    for (int k = 0; k < 3; k++) free(out[k]);
+    free(back), free(data);
+    net_zstream_free(enc), net_zstream_free(dec);
+}
+
+/* A part that claims more or fewer chunks than it holds, or carries bytes past its end, breaks
+ * the stream and is refused; so are a part with no bytes and counts over the bound. */
+static void zchunks_parts_must_hold_exactly_their_chunks(void)
+{
+    uint8_t ids[3 * NET_ID_BYTES], *out;
+    size_t len;
+    uint8_t data[2 * NET_CHUNK_BYTES];
+    tl_fill_random(data, sizeof data, 7);
+    ids_fill(ids, 3, 8);
+    for (int variant = 0; variant < 3; variant++) {
+        net_zstream *enc = net_zstream_encoder(3), *dec = net_zstream_decoder();
+        CHECK_OK(net_msg_encode_zchunks(1, ids, 2, data, enc, &out, &len));
+        uint8_t *msg = malloc(len + 4 + NET_ID_BYTES);
+        net_msg m;
+        uint8_t back[3 * NET_CHUNK_BYTES];
+        if (variant == 0) { /* says 1 chunk: one id fewer, the same part */
+            msg[0] = 0, msg[1] = 0, msg[2] = 0, msg[3] = 1, msg[4] = 0, msg[5] = 0, msg[6] = 0,
+            msg[7] = 1;
+            memcpy(msg + 8, out + 8, NET_ID_BYTES);
+            memcpy(msg + 8 + NET_ID_BYTES, out + 8 + 2 * NET_ID_BYTES, len - 8 - 2 * NET_ID_BYTES);
+            CHECK_OK(net_msg_decode(NET_MSG_ZCHUNKS, msg, len - NET_ID_BYTES, &m));
+        } else if (variant == 1) { /* says 3 chunks: one id more */
+            memcpy(msg, out, 8 + 2 * NET_ID_BYTES);
+            msg[7] = 3;
+            memcpy(msg + 8 + 2 * NET_ID_BYTES, ids + 2 * NET_ID_BYTES, NET_ID_BYTES);
+            memcpy(msg + 8 + 3 * NET_ID_BYTES, out + 8 + 2 * NET_ID_BYTES, len - 8 - 2 * NET_ID_BYTES);
+            CHECK_OK(net_msg_decode(NET_MSG_ZCHUNKS, msg, len + NET_ID_BYTES, &m));
+        } else { /* the start of another frame after the part */
+            memcpy(msg, out, len);
+            static const uint8_t magic[4] = {0x28, 0xb5, 0x2f, 0xfd};
+            memcpy(msg + len, magic, 4);
+            CHECK_OK(net_msg_decode(NET_MSG_ZCHUNKS, msg, len + 4, &m));
+        }
+        CHECK_EQ(net_msg_zchunks(&m, dec, back), NET_EFORMAT);
+        free(msg), free(out);
+        net_zstream_free(enc), net_zstream_free(dec);
+    }
+    net_msg m;
+    uint8_t hdr[8 + NET_ID_BYTES] = {0, 0, 0, 1, 0, 0, 0, 1};
+    CHECK_EQ(net_msg_decode(NET_MSG_ZCHUNKS, hdr, sizeof hdr, &m), NET_EFORMAT); /* no part */
+    net_zstream *enc = net_zstream_encoder(3);
+    CHECK_EQ(net_msg_encode_zchunks(1, ids, NET_GET_MAX + 1, data, enc, &out, &len), -EINVAL);
+    net_zstream_free(enc);
+}
+
 TL_MAIN(TL_CASE(round_trip_of_every_message_type), TL_CASE(chunks_batch_round_trips_bit_identical),
         TL_CASE(a_full_get_answer_fits_one_message),
         TL_CASE(chunks_declaring_another_size_are_refused_before_decompressing),
@@ -539,4 +621,6 @@ TL_MAIN(TL_CASE(round_trip_of_every_message_type), TL_CASE(chunks_batch_round_tr
         TL_CASE(deltas_declaring_another_size_are_refused_before_decompressing),
         TL_CASE(deltas_lengths_must_fill_the_payload_exactly),
         TL_CASE(every_truncation_and_extension_of_the_delta_messages_is_malformed),
-        TL_CASE(deltas_code_on_several_threads_at_once))
+        TL_CASE(deltas_code_on_several_threads_at_once),
+        TL_CASE(zchunks_parts_decode_in_order_and_match_across_messages),
+        TL_CASE(zchunks_parts_must_hold_exactly_their_chunks))

@@ -115,7 +115,10 @@ fleet_launch_by_id_end_to_end() {
     n1b=$(src_bytes "$T/l1.json" neighbour)
     [ "$o1" -gt 0 ] && [ "$n1b" = 0 ] || fail "node 1 took $o1 bytes from the app, $n1b from neighbours"
     cl overlay export --home "$H" custom "$T/custom.pkg" >/dev/null
-    echo "node 1: $o1 bytes from the app (the overlay package is $(stat -c %s "$T/custom.pkg") bytes)"
+    local pkg
+    pkg=$(stat -c %s "$T/custom.pkg")
+    echo "node 1: $o1 bytes from the app (the overlay package is $pkg bytes)"
+    [ "$o1" -le $((pkg * 6 / 5)) ] || fail "node 1 took $o1 bytes from the app for an overlay of $pkg"
     destroy_domain "$P-f1"
 
     log "launch on node 2"
