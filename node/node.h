@@ -327,6 +327,7 @@ typedef struct node_config {
     char libvirt_uri[256];           /* where launches run; default qemu:///system */
     char launch_dir[512];            /* launch directories go here; default
                                         /var/tmp/cloudlet-launch */
+    unsigned max_launches;           /* launches for apps under way at once; default 8 */
 } node_config;
 
 /* The defaults: what a node on a LAN runs with when it has no configuration file. */

@@ -32,6 +32,7 @@ void node_config_defaults(node_config *cfg)
     cfg->log_level = NODE_LOG_INFO;
     snprintf(cfg->libvirt_uri, sizeof cfg->libvirt_uri, "qemu:///system");
     snprintf(cfg->launch_dir, sizeof cfg->launch_dir, "/var/tmp/cloudlet-launch");
+    cfg->max_launches = 8;
 }
 
 /* "host:port", "[v6]:port"; port 0 only where any_port (the listen address: the system picks
@@ -154,6 +155,8 @@ static int set_key(node_config *c, const char *k, const char *v, unsigned line, 
     } else if (!strcmp(k, "libvirt_uri")) {
         ok = v[0] && strlen(v) < sizeof c->libvirt_uri && strstr(v, "://");
         if (ok) snprintf(c->libvirt_uri, sizeof c->libvirt_uri, "%s", v);
+    } else if (!strcmp(k, "max_launches")) {
+        if ((ok = parse_uint(v, 1024, &n) && n >= 1)) c->max_launches = (unsigned)n;
     } else if (!strcmp(k, "launch_dir")) {
         ok = v[0] == '/' && strlen(v) < sizeof c->launch_dir - 80; /* room for a domain name */
         if (ok) snprintf(c->launch_dir, sizeof c->launch_dir, "%s", v);

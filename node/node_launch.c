@@ -376,6 +376,10 @@ void node__launch_asked(node_daemon *d, void *conn, const uint8_t *payload, size
     l->req = req.req;
     memcpy(l->id.b, req.id, CS_ID_BYTES);
     choose_name(l, req.name);
+    unsigned running = 0;
+    for (node__launch *o = d->launches; o; o = o->next) running++;
+    if (running >= d->cfg.max_launches)
+        fail(l, "this node is busy: %u launches are under way (max_launches)", running);
     snprintf(l->dir, sizeof l->dir, "%s/%s", d->cfg.launch_dir, l->name);
     l->t0 = uv_now(&d->loop);
     l->next = d->launches;
@@ -387,10 +391,13 @@ void node__launch_asked(node_daemon *d, void *conn, const uint8_t *payload, size
     uv_timer_start(&l->timer, on_tick, TICK_MS, TICK_MS);
     char hex[CS_ID_HEX + 1];
     node_log(NODE_LOG_INFO, "an app asks to launch %s as %s", cs_id_to_hex(&l->id, hex), l->name);
-    if (mkdir(d->cfg.launch_dir, 0711) != 0 && errno != EEXIST)
-        fail(l, "cannot create the launch directory %s: %s", d->cfg.launch_dir, strerror(errno));
-    else
-        try_pull(l);
+    if (!l->why[0]) {
+        if (mkdir(d->cfg.launch_dir, 0711) != 0 && errno != EEXIST)
+            fail(l, "cannot create the launch directory %s: %s", d->cfg.launch_dir,
+                 strerror(errno));
+        else
+            try_pull(l);
+    }
     send_progress(l, l->t0);
     launch_pump(l);
 }

@@ -144,6 +144,18 @@ app_launch_errors_are_clear_and_leave_nothing() {
     expect_status 1 launch "$name"
     grep -q "a domain named $name exists already" "$T/err" || fail "$(cat "$T/err")"
     [ ! -e "$CLOUDLET_LAUNCH_DIR/$name" ] || fail "a launch directory was left"
+    # Past max_launches, an app is told the node is busy (the first launch is slowed down, then
+    # stopped with its app).
+    node busy "max_launches = 1" "rate_total = 100K"
+    (exec "$CLOUDLET" launch --home "$H" custom --node "$NODE_ADDR" --node-key "$NODE_KEY" \
+        --name "$P-busy1" --wait >"$T/b1" 2>&1) &
+    local first=$!
+    CASE_DOMAINS+=("$P-busy1" "$P-busy2")
+    for _ in $(seq 100); do grep -q "an app asks to launch" "$NODE_HOME.log" && break; sleep 0.05; done
+    expect_status 1 launch "$P-busy2"
+    grep -q "this node is busy: 1 launches are under way" "$T/err" || fail "$(cat "$T/err")"
+    kill "$first"
+    wait "$first" 2>/dev/null || true
 }
 
 app_gone_mid_launch_fails_cleanly_and_the_retry_takes_only_the_rest() {
