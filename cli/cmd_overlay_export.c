@@ -12,7 +12,7 @@ static const char usage[] =
     "usage: cloudlet overlay export [--home DIR] [--level N] [--json] ID|NAME FILE\n\n"
     "Writes an overlay package: the manifest plus every chunk its parent VM does not hold,\n"
     "changed chunks as zstd deltas against the parent's chunk at the same place where that\n"
-    "is smaller, the rest compressed together in blocks. `cloudlet overlay import` on a node\n"
+    "is smaller, the rest in one long-window stream. `cloudlet overlay import` on a node\n"
     "that holds the parent restores the VM from it. FILE - writes to standard output.\n\n"
     "  --level N    zstd level, 1..19 (default 19)\n"
     "  --json       machine-readable report\n"
@@ -77,7 +77,7 @@ int cmd_overlay_export(int argc, char **argv)
                 (unsigned long long)r.delta_bytes, (unsigned long long)r.block_bytes,
                 (unsigned long long)r.file_bytes);
     else
-        fprintf(rf, "%llu chunks: %llu as deltas (%s), the rest in blocks (%s); package %s\n",
+        fprintf(rf, "%llu chunks: %llu as deltas (%s), the rest in the stream (%s); package %s\n",
                 (unsigned long long)r.chunks, (unsigned long long)r.delta_chunks,
                 cli_bytes(r.delta_bytes, a), cli_bytes(r.block_bytes, b), cli_bytes(r.file_bytes, f));
     status = CLI_OK;

@@ -27,7 +27,8 @@ typedef struct node_overlay_report {
     uint64_t chunks;       /* chunks in the package */
     uint64_t delta_chunks; /* of which zstd deltas against the parent's chunk at the same place */
     uint64_t delta_bytes;  /* bytes of those deltas */
-    uint64_t block_bytes;  /* compressed bytes of the others, in blocks */
+    uint64_t block_bytes;  /* compressed bytes of the stream, not counting the deltas that
+                              pass through it */
     uint64_t file_bytes;   /* the whole package */
 } node_overlay_report;
 
@@ -35,7 +36,7 @@ typedef struct node_overlay_report {
  * Writes the overlay package of manifest id to fd: the manifest plus every chunk it names that
  * its parent VM does not hold (all its chunks for a manifest without parent), each changed chunk
  * as a zstd delta against the parent's chunk at the same place when that is clearly smaller,
- * the rest compressed together in blocks at zstd level `level` (0 = 19). Sequential writes
+ * the rest in one long-window zstd stream at zstd level `level` (0 = 19). Sequential writes
  * only: fd may be a pipe.
  */
 int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
@@ -44,7 +45,8 @@ int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
 
 /*
  * Reads an overlay package from buf (e.g. a mapped file), checks it whole (its trailing hash,
- * every record, every chunk against its id, that the parent is in the store and that the
+ * its carried manifest, every chunk: the rebuilt manifest's id against the header's, that the
+ * parent is in the store and that the
  * package plus the store hold every chunk the manifest names) and only then stores its chunks
  * and its manifest, pinned. A bad package stores nothing. *id receives the manifest id.
  */

@@ -19,15 +19,6 @@ void node__json_str(FILE *f, const char *s);
 
 /* ---- overlay packages (vm_overlay.c) ---- */
 
-/* Callbacks of the overlay parser; `at` is the record's byte offset. Returning non-zero stops
- * the parse with that code. Pointers are valid during the call only. */
-typedef struct node__overlay_visitor {
-    int (*manifest)(const uint8_t *buf, size_t len, void *arg);
-    int (*block)(const cs_id *ids, uint32_t n, const uint8_t *z, size_t zlen, size_t at, void *arg);
-    int (*delta)(uint32_t image, uint64_t pos, const cs_id *id, const uint8_t *z, size_t zlen,
-                 size_t at, void *arg);
-} node__overlay_visitor;
-
 #define NODE__DELTA_MAX 8192u
 /* A zstd context for deltas at level (no content size, no dictionary id in the frame). */
 ZSTD_CCtx *node__delta_cctx(int level);
@@ -36,12 +27,54 @@ ZSTD_CCtx *node__delta_cctx(int level);
 size_t node__delta_if_smaller(ZSTD_CCtx *dcctx, ZSTD_CCtx *est, const uint8_t *base,
                               const uint8_t *chunk, uint8_t out[NODE__DELTA_MAX]);
 
-/* Parses a whole package held in memory: header, trailing hash, records, end record. */
-int node__overlay_parse(const uint8_t *buf, size_t len, const node__overlay_visitor *v, void *arg,
+/* The largest zstd window (log2) a package may declare: what an importer allocates at most. */
+#define NODE__OVERLAY_WLOG_MAX 27u
+
+/* A package whose header, trailing hash and carried manifest have been checked. */
+typedef struct node__overlay_pkg {
+    unsigned wlog;         /* log2 of the window the stream declares it needs */
+    cs_id id;              /* the manifest's id, as the header names it */
+    const uint8_t *stream; /* the zstd stream, inside the package's bytes */
+    size_t slen;
+    uint8_t *manifest;     /* the canonical manifest; the ids of carried chunks and of refs
+                            * are 0xff bytes until the importer fills them in */
+    size_t mlen;
+    uint64_t *carried;     /* per carried chunk, in stream order: (offset of its id in
+                            * manifest) << 1 | 1 for a delta */
+    size_t ncarried;
+    struct node__overlay_place {
+        uint32_t image;
+        uint64_t pos;
+    } *delta_at;           /* per delta, in stream order: its place in the manifest */
+    size_t ndelta;
+    struct node__overlay_ref {
+        uint64_t off;      /* of the id in manifest */
+        uint32_t image;    /* in the parent, or NODE__OVERLAY_CARRIED */
+        uint64_t pos;      /* in that image, or the index of a carried chunk */
+    } *refs;               /* places named by a place in the parent or by a carried chunk */
+    size_t nrefs;
+} node__overlay_pkg;
+#define NODE__OVERLAY_CARRIED UINT32_MAX
+
+/* Checks a whole package held in memory (header, version, trailing hash, carried manifest) and
+ * fills *out, which points into buf. Free with node__overlay_pkg_free (also after an error). */
+int node__overlay_parse(const uint8_t *buf, size_t len, node__overlay_pkg *out,
                         char err[NODE_ERRMSG]);
-/* A block's zstd frame to exactly n chunks (out holds n * 4 KiB). */
-int node__overlay_block_decode(ZSTD_DCtx *d, const uint8_t *z, size_t zlen, uint32_t n,
-                               uint8_t *out);
+void node__overlay_pkg_free(node__overlay_pkg *p);
+
+/* A reader of a package's stream: its items in order, then a check that nothing follows.
+ * wlog_max bounds the window the decoder accepts (so its memory). */
+typedef struct node__overlay_stream {
+    ZSTD_DCtx *d;
+    ZSTD_inBuffer in;
+    size_t hint; /* 0 right after the end of a frame */
+} node__overlay_stream;
+int node__overlay_stream_open(node__overlay_stream *s, const node__overlay_pkg *p, unsigned wlog_max);
+/* The next item: a chunk (into chunk) or, for a delta, its zstd frame (into z, *zlen). */
+int node__overlay_stream_item(node__overlay_stream *s, bool delta, uint8_t chunk[CS_CHUNK_SIZE],
+                              uint8_t z[NODE__DELTA_MAX], size_t *zlen, char err[NODE_ERRMSG]);
+int node__overlay_stream_end(node__overlay_stream *s, char err[NODE_ERRMSG]);
+void node__overlay_stream_close(node__overlay_stream *s);
 /* A delta against base to exactly one chunk. */
 int node__overlay_delta_decode(ZSTD_DCtx *d, const uint8_t *base, const uint8_t *z, size_t zlen,
                                uint8_t out[CS_CHUNK_SIZE]);

@@ -1,5 +1,6 @@
-/* Fuzz target: the overlay package parser and its block and delta decoders, on untrusted
- * bytes (packages arrive from apps and other machines). */
+/* Fuzz target: the overlay package parser (header, trailing hash, carried manifest) and its
+ * stream reader and delta decoder, on untrusted bytes (packages arrive from apps and other
+ * machines). */
 #include "node_internal.h"
 
 #include <sodium.h>
@@ -8,48 +9,49 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static ZSTD_DCtx *dctx;
-static uint8_t *out;
+/* The fuzzer's memory budget needs a smaller window than the 2^27 bytes an importer allows. */
+#define FUZZ_WLOG_MAX 22u
+/* Enough items to reach every part of the seed packages, few enough to keep runs fast. */
+#define FUZZ_ITEMS 4096u
 
-static int on_block(const cs_id *ids, uint32_t n, const uint8_t *z, size_t zlen, size_t at, void *arg)
+static void parse_and_read(const uint8_t *data, size_t size)
 {
-    (void)ids, (void)at, (void)arg;
-    node__overlay_block_decode(dctx, z, zlen, n, out);
-    return 0;
-}
-
-static int on_delta(uint32_t image, uint64_t pos, const cs_id *id, const uint8_t *z, size_t zlen,
-                    size_t at, void *arg)
-{
-    (void)image, (void)pos, (void)id, (void)at, (void)arg;
+    static ZSTD_DCtx *dctx;
+    static uint8_t chunk[CS_CHUNK_SIZE], z[NODE__DELTA_MAX];
     static const uint8_t base[CS_CHUNK_SIZE] = {1, 2, 3};
-    node__overlay_delta_decode(dctx, base, z, zlen, out);
-    return 0;
-}
-
-static int on_manifest(const uint8_t *buf, size_t len, void *arg)
-{
-    (void)arg;
-    cs_manifest *m;
-    /* The import decodes with the store's bound; the fuzzer's memory budget needs a smaller one. */
-    if (cs_manifest_decode_limit(buf, len, 1u << 16, &m) == 0) cs_manifest_free(m);
-    return 0;
+    if (!dctx) dctx = ZSTD_createDCtx();
+    char err[NODE_ERRMSG];
+    node__overlay_pkg pkg;
+    if (node__overlay_parse(data, size, &pkg, err) == 0) {
+        cs_manifest *m;
+        if (cs_manifest_decode_limit(pkg.manifest, pkg.mlen, 1u << 16, &m) == 0) cs_manifest_free(m);
+        node__overlay_stream s;
+        if (node__overlay_stream_open(&s, &pkg, FUZZ_WLOG_MAX) == 0) {
+            int rc = 0;
+            size_t i = 0;
+            for (; rc == 0 && i < pkg.ncarried && i < FUZZ_ITEMS; i++) {
+                bool delta = pkg.carried[i] & 1;
+                size_t zlen = 0;
+                rc = node__overlay_stream_item(&s, delta, chunk, z, &zlen, err);
+                if (rc == 0 && delta) node__overlay_delta_decode(dctx, base, z, zlen, chunk);
+            }
+            if (rc == 0 && i == pkg.ncarried) node__overlay_stream_end(&s, err);
+            node__overlay_stream_close(&s);
+        }
+    }
+    node__overlay_pkg_free(&pkg);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!dctx) dctx = ZSTD_createDCtx();
-    if (!out) out = malloc(1024u * CS_CHUNK_SIZE);
-    static const node__overlay_visitor v = {on_manifest, on_block, on_delta};
-    char err[NODE_ERRMSG];
-    node__overlay_parse(data, size, &v, NULL, err);
+    parse_and_read(data, size);
     /* Mutations almost never keep the trailing hash right: parse a copy with the hash made
-     * right as well, so the records behind it get fuzzed too. */
+     * right as well, so everything behind it gets fuzzed too. */
     if (size > 32) {
         uint8_t *copy = malloc(size);
         memcpy(copy, data, size);
         crypto_generichash(copy + size - 32, 32, copy, size - 32, NULL, 0);
-        node__overlay_parse(copy, size, &v, NULL, err);
+        parse_and_read(copy, size);
         free(copy);
     }
     return 0;

@@ -1,38 +1,57 @@
 /*
  * vm_overlay.c — overlay packages: a derived VM's manifest plus the chunks its parent lacks,
- * in one self-contained file (docs/overlay.md).
+ * in one self-contained file (docs/overlay.md, version 2).
  *
  * Design notes:
- * - Export names each chunk once (dedup against the whole parent VM and within the child).
- *   A chunk whose parent had a non-zero chunk at the same place travels as a zstd delta against
- *   that chunk (ZSTD_CCtx_refPrefix) when the delta is clearly smaller than the chunk would be
- *   compressed on its own; every other chunk goes into blocks of up to 1024 chunks compressed
- *   together, which compresses far better than chunk by chunk.
+ * - Export names each chunk once (dedup against the whole parent VM and within the child) and
+ *   writes the chunks, in image order, into one zstd stream with a window as large as the
+ *   package needs (at most 2^27 bytes) and long-distance matching: VM data resembles itself at
+ *   distances far beyond the few MiB independent blocks would see. A chunk whose parent had a
+ *   non-zero chunk at the same place goes into the same stream as a zstd delta against that
+ *   chunk (ZSTD_CCtx_refPrefix) when that is clearly smaller than the chunk on its own.
+ * - No id the importer can find itself travels: ids are random bytes that do not compress. The
+ *   manifest travels in a "carried" form: a tag in place of each carried chunk's id (the
+ *   importer hashes every chunk it decodes anyway), a place in the parent for a chunk the
+ *   parent holds, the number of an earlier carried chunk for a repeat. The importer rebuilds
+ *   the canonical manifest, and the manifest id the header names then verifies it all at once.
  * - Import never stores anything from a package it has not checked whole: the trailing hash
- *   first, then a full decode that re-hashes every chunk and checks that the package and the
- *   store together hold every chunk the manifest names, and only then a second decode that
- *   stores. Decoding twice costs far less than the transfer the package replaces.
- * - The parser (node__overlay_parse) is a pure function of the bytes: the fuzz target drives it.
+ *   first (truncation, damage), then the carried manifest and the parent, then a decode that
+ *   hashes every chunk and checks the rebuilt manifest's id and that the package and the store
+ *   together hold every chunk it names, and only then a second decode that stores. The chunk
+ *   store takes no ids on trust (cs_put hashes what it stores), so checking before storing costs
+ *   one more decode and hash; in both passes the stream decodes on a thread of its own while
+ *   the caller's thread (and, storing, one more) hashes or stores.
+ * - Memory is bounded whatever the bytes say: the stream's window by the header's window log
+ *   (at most 2^27, enforced with ZSTD_d_windowLogMax), everything else by the package's length.
+ * - The parser and the stream reader are pure functions of the bytes: the fuzz target drives
+ *   them.
  */
 #define _GNU_SOURCE
 #include "node.h"
 #include "node_internal.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #define OV_MAGIC "CLOV"
-#define OV_VERSION 1u
-#define OV_HDR 12u /* magic, version, flags, reserved u16, manifest length u32 */
-#define OV_TRAILER (1u + 8u + 32u)
-#define BLOCK_CHUNKS 1024u
+#define OV_VERSION 2u
+#define OV_HDR 40u         /* magic, version, flags, window log, reserved, manifest id */
+#define OV_TRAILER (4u + 32u) /* carried manifest length, hash */
+#define OV_WLOG_MIN 10u
+#define OV_WLOG_MAX NODE__OVERLAY_WLOG_MAX
 #define DELTA_MAX NODE__DELTA_MAX
-enum { REC_END = 0, REC_BLOCK = 1, REC_DELTA = 2 };
+#define MAX_POSITIONS (1u << 25) /* what cs_manifest_decode accepts */
+#define MF_XML_MAX (16u << 20)
+#define MF_IMAGES_MAX 4096u
+enum { TAG_REF = 0, TAG_CHUNK = 1, TAG_DELTA = 2, TAG_PARENT = 3, TAG_SAME = 4 };
+enum { RUN_ZERO = 0, RUN_DATA = 1 };
 
 static uint64_t get_le(const uint8_t *p, unsigned n)
 {
@@ -46,39 +65,183 @@ static void put_le(uint8_t *p, uint64_t v, unsigned n)
     for (unsigned i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 
-/* ---- decoding primitives (shared by import and the fuzz target) ----------------------------- */
+/* ---- the manifest's two forms ----------------------------------------------------------------- */
 
-int node__overlay_block_decode(ZSTD_DCtx *d, const uint8_t *z, size_t zlen, uint32_t n,
-                               uint8_t *out)
+/* Walks a manifest encoding (docs/manifest.md) in its canonical form (32-byte ids in DATA runs)
+ * or its carried form (per DATA position a tag, then the id for TAG_REF, a place in the parent
+ * for TAG_PARENT, a carried chunk's index for TAG_SAME). Only the structure is walked:
+ * cs_manifest_decode checks the canonical rules on the result. Every byte but the DATA
+ * positions' fields goes to copy, in order; each DATA position to pos. */
+struct mw_ref {
+    uint64_t a, b; /* TAG_PARENT: the parent's image and position; TAG_SAME: a carried chunk */
+};
+
+struct mwalk {
+    const uint8_t *p;
+    size_t len, off, mark;
+    bool carried;
+    uint64_t positions;
+    struct mw_ref ref; /* of the position being given to pos */
+    int (*copy)(void *arg, const uint8_t *p, size_t n);
+    int (*pos)(void *arg, uint32_t image, uint64_t pos, unsigned tag, const uint8_t *id);
+    void *arg;
+};
+
+static const uint8_t *mw_take(struct mwalk *w, uint64_t n)
 {
-    size_t want = (size_t)n * CS_CHUNK_SIZE;
-    if (ZSTD_getFrameContentSize(z, zlen) != want || ZSTD_findFrameCompressedSize(z, zlen) != zlen)
+    if (w->len - w->off < n) return NULL;
+    const uint8_t *p = w->p + w->off;
+    w->off += (size_t)n;
+    return p;
+}
+
+/* An unsigned LEB128 number of at most 64 bits. */
+static int mw_varint(struct mwalk *w, uint64_t *v)
+{
+    *v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        const uint8_t *b = mw_take(w, 1);
+        if (!b) return CS_EFORMAT;
+        *v |= (uint64_t)(*b & 0x7f) << shift;
+        if (!(*b & 0x80)) return 0;
+    }
+    return CS_EFORMAT;
+}
+
+static int mw_position(struct mwalk *w, uint32_t image, uint64_t pos)
+{
+    int rc = w->copy(w->arg, w->p + w->mark, w->off - w->mark);
+    const uint8_t *t, *id = NULL;
+    struct mw_ref ref = {0, 0};
+    unsigned tag = TAG_REF;
+    if (rc) return rc;
+    if (w->carried) {
+        if (!(t = mw_take(w, 1)) || *t > TAG_SAME) return CS_EFORMAT;
+        tag = *t;
+    }
+    if (tag == TAG_REF && !(id = mw_take(w, CS_ID_BYTES))) return CS_EFORMAT;
+    if (tag == TAG_PARENT && ((rc = mw_varint(w, &ref.a)) || (rc = mw_varint(w, &ref.b)))) return rc;
+    if (tag == TAG_SAME && (rc = mw_varint(w, &ref.a))) return rc;
+    w->mark = w->off;
+    w->ref = ref;
+    return w->pos(w->arg, image, pos, tag, id);
+}
+
+static int manifest_walk(struct mwalk *w)
+{
+    const uint8_t *p;
+    int rc;
+    w->off = w->mark = 0;
+    if (!(p = mw_take(w, 6)) || memcmp(p, "CLMF", 4) != 0) return CS_EFORMAT;
+    if (p[4] != 1) return CS_EVERSION;
+    if ((p[5] & 1) && !mw_take(w, CS_ID_BYTES)) return CS_EFORMAT;
+    if (!(p = mw_take(w, 4)) || get_le(p, 4) > MF_XML_MAX || !mw_take(w, get_le(p, 4)))
         return CS_EFORMAT;
-    size_t got = ZSTD_decompressDCtx(d, out, want, z, zlen);
-    return ZSTD_isError(got) || got != want ? CS_ECORRUPT : 0;
+    if (!(p = mw_take(w, 4)) || get_le(p, 4) > MF_IMAGES_MAX) return CS_EFORMAT;
+    uint32_t nimages = (uint32_t)get_le(p, 4);
+    for (uint32_t i = 0; i < nimages; i++) {
+        if (!(p = mw_take(w, 2)) || !mw_take(w, p[1]) || !mw_take(w, 8) || !(p = mw_take(w, 4)))
+            return CS_EFORMAT;
+        uint64_t nruns = get_le(p, 4);
+        for (uint64_t r = 0; r < nruns; r++) {
+            if (!(p = mw_take(w, 13)) || p[12] > RUN_DATA) return CS_EFORMAT;
+            if (p[12] == RUN_ZERO) continue;
+            uint64_t start = get_le(p, 8), count = get_le(p + 8, 4);
+            if ((w->positions += count) > MAX_POSITIONS) return CS_EFORMAT;
+            for (uint64_t c = 0; c < count; c++)
+                if ((rc = mw_position(w, i, start + c))) return rc;
+        }
+    }
+    if (w->off != w->len) return CS_EFORMAT;
+    return w->copy(w->arg, w->p + w->mark, w->off - w->mark);
 }
 
-int node__overlay_delta_decode(ZSTD_DCtx *d, const uint8_t *base, const uint8_t *z, size_t zlen,
-                               uint8_t out[CS_CHUNK_SIZE])
+/* The carried form to the canonical one, carried ids left as placeholders. */
+struct canon {
+    node__overlay_pkg *p;
+    const struct mwalk *w;
+    size_t cap, capc, capd, capr;
+};
+
+static int canon_copy(void *arg, const uint8_t *b, size_t n)
 {
-    if (ZSTD_isError(ZSTD_DCtx_refPrefix(d, base, CS_CHUNK_SIZE))) return CS_ECORRUPT;
-    size_t got = ZSTD_decompressDCtx(d, out, CS_CHUNK_SIZE, z, zlen);
-    ZSTD_DCtx_reset(d, ZSTD_reset_session_and_parameters);
-    return ZSTD_isError(got) || got != CS_CHUNK_SIZE ? CS_ECORRUPT : 0;
+    struct canon *c = arg;
+    node__overlay_pkg *p = c->p;
+    if (p->mlen + n > c->cap) {
+        size_t cap = c->cap ? c->cap : 4096;
+        while (cap < p->mlen + n) cap *= 2;
+        uint8_t *m = realloc(p->manifest, cap);
+        if (!m) return -ENOMEM;
+        p->manifest = m, c->cap = cap;
+    }
+    memcpy(p->manifest + p->mlen, b, n);
+    p->mlen += n;
+    return 0;
 }
 
-int node__overlay_parse(const uint8_t *buf, size_t len, const node__overlay_visitor *v, void *arg,
-                        char err[NODE_ERRMSG])
+static int grow(void **v, size_t *cap, size_t need, size_t size)
 {
-    if (len < OV_HDR + OV_TRAILER || memcmp(buf, OV_MAGIC, 4) != 0) {
+    if (need <= *cap) return 0;
+    size_t c = *cap ? *cap * 2 : 1024;
+    void *n = realloc(*v, c * size);
+    if (!n) return -ENOMEM;
+    *v = n, *cap = c;
+    return 0;
+}
+
+static int canon_pos(void *arg, uint32_t image, uint64_t pos, unsigned tag, const uint8_t *id)
+{
+    static const uint8_t placeholder[CS_ID_BYTES] = {
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    struct canon *c = arg;
+    node__overlay_pkg *p = c->p;
+    if (tag == TAG_REF) return canon_copy(c, id, CS_ID_BYTES);
+    int rc;
+    if (tag == TAG_PARENT || tag == TAG_SAME) {
+        if (tag == TAG_PARENT && c->w->ref.a >= MF_IMAGES_MAX) return CS_EFORMAT;
+        if ((rc = grow((void **)&p->refs, &c->capr, p->nrefs + 1, sizeof *p->refs))) return rc;
+        p->refs[p->nrefs++] = (struct node__overlay_ref){
+            p->mlen, tag == TAG_PARENT ? (uint32_t)c->w->ref.a : NODE__OVERLAY_CARRIED,
+            tag == TAG_PARENT ? c->w->ref.b : c->w->ref.a};
+        return canon_copy(c, placeholder, CS_ID_BYTES);
+    }
+    rc = grow((void **)&p->carried, &c->capc, p->ncarried + 1, sizeof *p->carried);
+    if (rc) return rc;
+    p->carried[p->ncarried++] = (uint64_t)p->mlen << 1 | (tag == TAG_DELTA);
+    if (tag == TAG_DELTA) {
+        if ((rc = grow((void **)&p->delta_at, &c->capd, p->ndelta + 1, sizeof *p->delta_at))) return rc;
+        p->delta_at[p->ndelta++] = (struct node__overlay_place){image, pos};
+    }
+    return canon_copy(c, placeholder, CS_ID_BYTES);
+}
+
+/* ---- parsing and the stream (shared by import and the fuzz target) ---------------------------- */
+
+void node__overlay_pkg_free(node__overlay_pkg *p)
+{
+    if (!p) return;
+    free(p->manifest), free(p->carried), free(p->delta_at), free(p->refs);
+    memset(p, 0, sizeof *p);
+}
+
+int node__overlay_parse(const uint8_t *buf, size_t len, node__overlay_pkg *out, char err[NODE_ERRMSG])
+{
+    memset(out, 0, sizeof *out);
+    if (len < 5 || memcmp(buf, OV_MAGIC, 4) != 0) {
         node__errf(err, "not an overlay package (bad magic or too short: %zu bytes)", len);
         return CS_EFORMAT;
     }
     if (buf[4] != OV_VERSION) {
-        node__errf(err, "overlay package version %u is not supported (this is version %u)", buf[4], OV_VERSION);
+        node__errf(err, "overlay package version %u is not supported (this is version %u): "
+                        "export it again with this cloudlet", buf[4], OV_VERSION);
         return CS_EVERSION;
     }
-    if (buf[5] != 0 || buf[6] != 0 || buf[7] != 0) {
+    if (len < OV_HDR + OV_TRAILER) {
+        node__errf(err, "overlay package is truncated (%zu bytes)", len);
+        return CS_EFORMAT;
+    }
+    if (buf[5] != 0 || buf[7] != 0) {
         node__errf(err, "unknown flags in the overlay header");
         return CS_EFORMAT;
     }
@@ -88,67 +251,121 @@ int node__overlay_parse(const uint8_t *buf, size_t len, const node__overlay_visi
         node__errf(err, "overlay package is truncated or damaged (its trailing hash does not match)");
         return CS_ECORRUPT;
     }
-    uint64_t mlen = get_le(buf + 8, 4);
-    size_t end = len - OV_TRAILER; /* where the END record must start */
-    if (mlen > end - OV_HDR) {
-        node__errf(err, "manifest length %llu runs past the end of the package", (unsigned long long)mlen);
+    /* After the hash: a window log out of range is a package made to be refused, not damage. */
+    if (buf[6] < OV_WLOG_MIN || buf[6] > OV_WLOG_MAX) {
+        node__errf(err, "the package declares a window of 2^%u bytes (%u..%u allowed)", buf[6],
+                   OV_WLOG_MIN, OV_WLOG_MAX);
         return CS_EFORMAT;
     }
-    int rc = v->manifest ? v->manifest(buf + OV_HDR, (size_t)mlen, arg) : 0;
-    if (rc) return rc;
-    size_t off = OV_HDR + (size_t)mlen;
-    uint64_t chunks = 0;
-    while (off < end) {
-        size_t at = off;
-        uint8_t type = buf[off++];
-        if (type == REC_BLOCK) {
-            if (end - off < 4) goto truncated;
-            uint64_t n = get_le(buf + off, 4);
-            off += 4;
-            if (n == 0 || n > BLOCK_CHUNKS) {
-                node__errf(err, "block at byte %zu holds %llu chunks (1..%u allowed)", at,
-                     (unsigned long long)n, BLOCK_CHUNKS);
-                return CS_EFORMAT;
-            }
-            if (end - off < n * CS_ID_BYTES + 4) goto truncated;
-            const cs_id *ids = (const cs_id *)(buf + off);
-            off += n * CS_ID_BYTES;
-            uint64_t zlen = get_le(buf + off, 4);
-            off += 4;
-            if (zlen == 0 || zlen > end - off) goto truncated;
-            if (v->block && (rc = v->block(ids, (uint32_t)n, buf + off, (size_t)zlen, at, arg)))
-                return rc;
-            off += zlen;
-            chunks += n;
-        } else if (type == REC_DELTA) {
-            if (end - off < 2 + 8 + CS_ID_BYTES + 4) goto truncated;
-            uint32_t image = (uint32_t)get_le(buf + off, 2);
-            uint64_t pos = get_le(buf + off + 2, 8);
-            const cs_id *id = (const cs_id *)(buf + off + 10);
-            uint64_t zlen = get_le(buf + off + 10 + CS_ID_BYTES, 4);
-            off += 2 + 8 + CS_ID_BYTES + 4;
-            if (zlen == 0 || zlen > DELTA_MAX || zlen > end - off) {
-                node__errf(err, "delta at byte %zu has a bad length %llu", at, (unsigned long long)zlen);
-                return CS_EFORMAT;
-            }
-            if (v->delta && (rc = v->delta(image, pos, id, buf + off, (size_t)zlen, at, arg)))
-                return rc;
-            off += zlen;
-            chunks++;
-        } else {
-            node__errf(err, "unknown record type %u at byte %zu", type, at);
+    out->wlog = buf[6];
+    memcpy(out->id.b, buf + 8, CS_ID_BYTES);
+    uint64_t mlen = get_le(buf + len - OV_TRAILER, 4);
+    if (mlen > len - OV_HDR - OV_TRAILER) {
+        node__errf(err, "manifest length %llu runs past the start of the package",
+                   (unsigned long long)mlen);
+        return CS_EFORMAT;
+    }
+    out->stream = buf + OV_HDR;
+    out->slen = len - OV_HDR - OV_TRAILER - (size_t)mlen;
+    struct canon c = {.p = out};
+    struct mwalk w = {.p = buf + OV_HDR + out->slen, .len = (size_t)mlen, .carried = true,
+                      .copy = canon_copy, .pos = canon_pos, .arg = &c};
+    c.w = &w;
+    int rc = manifest_walk(&w);
+    for (size_t i = 0; rc == 0 && i < out->nrefs; i++)
+        if (out->refs[i].image == NODE__OVERLAY_CARRIED && out->refs[i].pos >= out->ncarried)
+            rc = CS_EFORMAT; /* names a carried chunk the package does not carry */
+    if (rc == -ENOMEM) node__errf(err, "out of memory reading the package's manifest");
+    else if (rc) node__errf(err, "the package's manifest is malformed");
+    return rc;
+}
+
+int node__overlay_stream_open(node__overlay_stream *s, const node__overlay_pkg *p, unsigned wlog_max)
+{
+    memset(s, 0, sizeof *s);
+    if (!(s->d = ZSTD_createDCtx())) return -ENOMEM;
+    ZSTD_DCtx_setParameter(s->d, ZSTD_d_windowLogMax, (int)(p->wlog < wlog_max ? p->wlog : wlog_max));
+    s->in = (ZSTD_inBuffer){p->stream, p->slen, 0};
+    s->hint = 1; /* no frame has ended yet */
+    return 0;
+}
+
+void node__overlay_stream_close(node__overlay_stream *s)
+{
+    ZSTD_freeDCtx(s->d);
+    s->d = NULL;
+}
+
+static int stream_error(size_t r, char err[NODE_ERRMSG])
+{
+    if (ZSTD_getErrorCode(r) == ZSTD_error_frameParameter_windowTooLarge)
+        node__errf(err, "the package's stream needs a larger window than its header declares");
+    else
+        node__errf(err, "the package's stream does not decompress (%s)", ZSTD_getErrorName(r));
+    return CS_ECORRUPT;
+}
+
+/* Exactly n bytes of the stream into out. */
+static int stream_read(node__overlay_stream *s, uint8_t *out, size_t n, char err[NODE_ERRMSG])
+{
+    ZSTD_outBuffer o = {out, n, 0};
+    while (o.pos < n) {
+        size_t in0 = s->in.pos, out0 = o.pos;
+        size_t r = ZSTD_decompressStream(s->d, &o, &s->in);
+        if (ZSTD_isError(r)) return stream_error(r, err);
+        s->hint = r;
+        if (s->in.pos == in0 && o.pos == out0) {
+            node__errf(err, "the package's stream ends before the last chunk its manifest names");
             return CS_EFORMAT;
         }
     }
-    if (off != end || buf[end] != REC_END || get_le(buf + end + 1, 8) != chunks) {
-        node__errf(err, "the package's end record does not match its %llu chunks",
-             (unsigned long long)chunks);
+    return 0;
+}
+
+int node__overlay_stream_item(node__overlay_stream *s, bool delta, uint8_t chunk[CS_CHUNK_SIZE],
+                              uint8_t z[NODE__DELTA_MAX], size_t *zlen, char err[NODE_ERRMSG])
+{
+    if (!delta) return stream_read(s, chunk, CS_CHUNK_SIZE, err);
+    uint8_t l[2];
+    int rc = stream_read(s, l, sizeof l, err);
+    if (rc) return rc;
+    *zlen = (size_t)get_le(l, 2);
+    if (*zlen == 0 || *zlen > DELTA_MAX) {
+        node__errf(err, "a delta in the package's stream has a bad length %zu", *zlen);
+        return CS_EFORMAT;
+    }
+    return stream_read(s, z, *zlen, err);
+}
+
+int node__overlay_stream_end(node__overlay_stream *s, char err[NODE_ERRMSG])
+{
+    uint8_t extra;
+    for (;;) {
+        ZSTD_outBuffer o = {&extra, 1, 0};
+        size_t in0 = s->in.pos;
+        size_t r = ZSTD_decompressStream(s->d, &o, &s->in);
+        if (ZSTD_isError(r)) return stream_error(r, err);
+        if (o.pos) {
+            node__errf(err, "the package's stream carries more than its manifest names");
+            return CS_EFORMAT;
+        }
+        if (s->in.pos == in0) break; /* r is then the start of a next frame's hint */
+        s->hint = r;
+    }
+    if (s->hint != 0 || s->in.pos != s->in.size) {
+        node__errf(err, "the package's stream ends inside a zstd frame");
         return CS_EFORMAT;
     }
     return 0;
-truncated:
-    node__errf(err, "record at byte %zu runs past the end of the package", off);
-    return CS_EFORMAT;
+}
+
+int node__overlay_delta_decode(ZSTD_DCtx *d, const uint8_t *base, const uint8_t *z, size_t zlen,
+                               uint8_t out[CS_CHUNK_SIZE])
+{
+    if (ZSTD_isError(ZSTD_DCtx_refPrefix(d, base, CS_CHUNK_SIZE))) return CS_ECORRUPT;
+    size_t got = ZSTD_decompressDCtx(d, out, CS_CHUNK_SIZE, z, zlen);
+    ZSTD_DCtx_reset(d, ZSTD_reset_session_and_parameters);
+    return ZSTD_isError(got) || got != CS_CHUNK_SIZE ? CS_ECORRUPT : 0;
 }
 
 /* ---- export ---------------------------------------------------------------------------------- */
@@ -220,22 +437,29 @@ static int cmp_cand_pos(const void *a, const void *b)
     return (x->pos > y->pos) - (x->pos < y->pos);
 }
 
-/* Every non-zero id of a resolved manifest, sorted and unique. */
-static int id_set(const cs_manifest *m, cs_id **out, size_t *n)
+/* Every non-zero id of a resolved manifest with its first place, sorted by id, unique. */
+static int place_set(const cs_manifest *m, struct cand **out, size_t *n)
 {
     size_t total = 0, k = 0;
     for (size_t i = 0; i < m->nimages; i++) total += m->images[i].nchunks;
-    cs_id *v = malloc((total ? total : 1) * sizeof *v);
+    struct cand *v = malloc((total ? total : 1) * sizeof *v);
     if (!v) return -ENOMEM;
     for (size_t i = 0; i < m->nimages; i++)
         for (uint64_t c = 0; c < m->images[i].nchunks; c++)
-            if (!cs_id_is_zero(&m->images[i].chunks[c])) v[k++] = m->images[i].chunks[c];
-    qsort(v, k, sizeof *v, cmp_id);
+            if (!cs_id_is_zero(&m->images[i].chunks[c]))
+                v[k++] = (struct cand){m->images[i].chunks[c], (uint32_t)i, c};
+    qsort(v, k, sizeof *v, cmp_cand_id);
     size_t u = 0;
     for (size_t j = 0; j < k; j++)
-        if (u == 0 || !cs_id_equal(&v[u - 1], &v[j])) v[u++] = v[j];
+        if (u == 0 || !cs_id_equal(&v[u - 1].id, &v[j].id)) v[u++] = v[j];
     *out = v, *n = u;
     return 0;
+}
+
+/* The entry of a place_set (or of any id-sorted cand array) with id, or NULL. */
+static const struct cand *place_of(const struct cand *set, size_t n, const cs_id *id)
+{
+    return n ? bsearch(id, set, n, sizeof *set, cmp_id) : NULL;
 }
 
 static bool in_set(const cs_id *set, size_t n, const cs_id *id)
@@ -246,37 +470,6 @@ static bool in_set(const cs_id *set, size_t n, const cs_id *id)
 static bool explicit_at(const cs_image *im, uint64_t c)
 {
     return !im->explicit_mask || (im->explicit_mask[c / 8] & (1u << (c % 8)));
-}
-
-struct export {
-    cs_store *st;
-    const cs_manifest *m, *parent;
-    struct writer *w;
-    ZSTD_CCtx *cctx, *dcctx, *est; /* blocks and deltas at `level`; estimates at level 3 */
-    int level;
-    uint8_t *block;            /* BLOCK_CHUNKS chunks being gathered */
-    cs_id block_ids[BLOCK_CHUNKS];
-    uint32_t nblock;
-    uint8_t *zbuf;
-    size_t zcap;
-    node_overlay_report *rep;
-};
-
-static int flush_block(struct export *x)
-{
-    if (x->nblock == 0) return 0;
-    ZSTD_CCtx_reset(x->cctx, ZSTD_reset_session_only);
-    size_t z = ZSTD_compress2(x->cctx, x->zbuf, x->zcap, x->block, (size_t)x->nblock * CS_CHUNK_SIZE);
-    if (ZSTD_isError(z)) return CS_EZSTD;
-    w_le(x->w, REC_BLOCK, 1);
-    w_le(x->w, x->nblock, 4);
-    w_bytes(x->w, x->block_ids, (size_t)x->nblock * CS_ID_BYTES);
-    w_le(x->w, z, 4);
-    w_bytes(x->w, x->zbuf, z);
-    x->rep->chunks += x->nblock;
-    x->rep->block_bytes += z;
-    x->nblock = 0;
-    return x->w->err;
 }
 
 /* Delta against base when it beats 3/4 of the chunk compressed on its own: blocks compress
@@ -303,27 +496,64 @@ ZSTD_CCtx *node__delta_cctx(int level)
     return c;
 }
 
-static int emit(struct export *x, const struct cand *c, const uint8_t *chunk, const uint8_t *base)
+struct export {
+    cs_store *st;
+    const cs_manifest *m, *parent;
+    struct writer *w;
+    ZSTD_CCtx *cctx, *dcctx, *est; /* the stream and deltas at `level`; estimates at level 3 */
+    uint8_t *in;                   /* stream input gathered before each compression call */
+    size_t nin;
+    uint8_t *out;
+    size_t outcap;
+    uint8_t *isdelta;              /* per candidate */
+    uint64_t stream_bytes;
+    node_overlay_report *rep;
+};
+
+#define STREAM_IN (1u << 20)
+
+/* Compresses what was gathered (everything, with end) into the stream. */
+static int stream_flush(struct export *x, ZSTD_EndDirective end)
 {
+    ZSTD_inBuffer in = {x->in, x->nin, 0};
+    size_t left;
+    do {
+        ZSTD_outBuffer o = {x->out, x->outcap, 0};
+        left = ZSTD_compressStream2(x->cctx, &o, &in, end);
+        if (ZSTD_isError(left)) return CS_EZSTD;
+        w_bytes(x->w, x->out, o.pos);
+        x->stream_bytes += o.pos;
+    } while (in.pos < in.size || (end == ZSTD_e_end && left != 0));
+    x->nin = 0;
+    return x->w->err;
+}
+
+static int stream_push(struct export *x, const void *p, size_t n)
+{
+    if (x->nin + n > STREAM_IN) {
+        int rc = stream_flush(x, ZSTD_e_continue);
+        if (rc) return rc;
+    }
+    memcpy(x->in + x->nin, p, n);
+    x->nin += n;
+    return 0;
+}
+
+static int emit(struct export *x, size_t k, const uint8_t *chunk, const uint8_t *base)
+{
+    x->rep->chunks++;
     if (base) {
-        uint8_t d[NODE__DELTA_MAX];
-        size_t dl = node__delta_if_smaller(x->dcctx, x->est, base, chunk, d);
+        uint8_t d[2 + NODE__DELTA_MAX];
+        size_t dl = node__delta_if_smaller(x->dcctx, x->est, base, chunk, d + 2);
         if (dl) {
-            w_le(x->w, REC_DELTA, 1);
-            w_le(x->w, c->image, 2);
-            w_le(x->w, c->pos, 8);
-            w_bytes(x->w, c->id.b, CS_ID_BYTES);
-            w_le(x->w, dl, 4);
-            w_bytes(x->w, d, dl);
-            x->rep->chunks++;
+            put_le(d, dl, 2);
+            x->isdelta[k] = 1;
             x->rep->delta_chunks++;
             x->rep->delta_bytes += dl;
-            return x->w->err;
+            return stream_push(x, d, 2 + dl);
         }
     }
-    memcpy(x->block + (size_t)x->nblock * CS_CHUNK_SIZE, chunk, CS_CHUNK_SIZE);
-    x->block_ids[x->nblock++] = c->id;
-    return x->nblock == BLOCK_CHUNKS ? flush_block(x) : 0;
+    return stream_push(x, chunk, CS_CHUNK_SIZE);
 }
 
 #define EXPORT_BATCH 256u
@@ -361,12 +591,60 @@ static int export_cands(struct export *x, const struct cand *cands, size_t n,
         }
         if (nb && (rc = cs_get(x->st, bids, nb, bases, NULL))) break;
         for (size_t i = 0; i < k && rc == 0; i++)
-            rc = emit(x, &cands[j + i], chunks + i * CS_CHUNK_SIZE,
+            rc = emit(x, j + i, chunks + i * CS_CHUNK_SIZE,
                       has_base[i] >= 0 ? bases + (size_t)has_base[i] * CS_CHUNK_SIZE : NULL);
         if (progress) progress(j + k, n, arg);
     }
     free(chunks), free(bases);
-    return rc ? rc : flush_block(x);
+    return rc ? rc : stream_flush(x, ZSTD_e_end);
+}
+
+/* The canonical manifest to its carried form: the candidates (sorted by place, as the walk
+ * meets them) become tags. */
+struct carry {
+    struct writer *w;
+    const struct cand *cands;
+    const uint8_t *isdelta;
+    size_t n, next;
+    const struct cand *parent, *byid; /* the parent's places and the carried chunks, by id */
+    size_t nparent;
+};
+
+static void w_varint(struct writer *w, uint64_t v)
+{
+    uint8_t b[10];
+    unsigned n = 0;
+    for (; v >= 0x80; v >>= 7) b[n++] = (uint8_t)(v | 0x80);
+    b[n++] = (uint8_t)v;
+    w_bytes(w, b, n);
+}
+
+static int carry_copy(void *arg, const uint8_t *p, size_t n)
+{
+    struct carry *c = arg;
+    w_bytes(c->w, p, n);
+    return c->w->err;
+}
+
+static int carry_pos(void *arg, uint32_t image, uint64_t pos, unsigned tag, const uint8_t *id)
+{
+    struct carry *c = arg;
+    (void)tag;
+    const struct cand *at;
+    if (c->next < c->n && c->cands[c->next].image == image && c->cands[c->next].pos == pos) {
+        w_le(c->w, c->isdelta[c->next++] ? TAG_DELTA : TAG_CHUNK, 1);
+    } else if ((at = place_of(c->parent, c->nparent, (const cs_id *)id))) {
+        w_le(c->w, TAG_PARENT, 1);
+        w_varint(c->w, at->image);
+        w_varint(c->w, at->pos);
+    } else if ((at = place_of(c->byid, c->n, (const cs_id *)id))) {
+        w_le(c->w, TAG_SAME, 1);
+        w_varint(c->w, at->pos);
+    } else {
+        w_le(c->w, TAG_REF, 1);
+        w_bytes(c->w, id, CS_ID_BYTES);
+    }
+    return c->w->err;
 }
 
 int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
@@ -375,14 +653,15 @@ int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
 {
     node_overlay_report rep = {0};
     cs_manifest *m = NULL, *p = NULL;
-    cs_id *pset = NULL;
+    struct cand *pset = NULL, *byid = NULL;
     size_t npset = 0;
     struct cand *cands = NULL;
     struct writer *w = calloc(1, sizeof *w);
-    struct export x = {.st = st, .level = level ? level : 19, .rep = &rep, .w = w};
+    struct export x = {.st = st, .rep = &rep, .w = w};
     uint8_t *raw = NULL;
     size_t rawlen = 0;
     char hex[CS_ID_HEX + 1];
+    if (!level) level = 19;
     int rc = w ? cs_manifest_get(st, id, &m) : -ENOMEM;
     if (rc) {
         node__errf(err, "manifest %s: %s", cs_id_to_hex(id, hex),
@@ -393,7 +672,7 @@ int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
         node__errf(err, "parent manifest %s: %s", cs_id_to_hex(&m->parent, hex), cs_strerror(rc));
         goto out;
     }
-    if (p && (rc = id_set(p, &pset, &npset))) goto out;
+    if (p && (rc = place_set(p, &pset, &npset))) goto out;
     size_t total = 0, n = 0;
     for (size_t i = 0; i < m->nimages; i++) total += m->images[i].nchunks;
     if (!(cands = malloc((total ? total : 1) * sizeof *cands))) {
@@ -404,7 +683,7 @@ int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
         const cs_image *im = &m->images[i];
         for (uint64_t c = 0; c < im->nchunks; c++)
             if (!cs_id_is_zero(&im->chunks[c]) && explicit_at(im, c) &&
-                !in_set(pset, npset, &im->chunks[c]))
+                !place_of(pset, npset, &im->chunks[c]))
                 cands[n++] = (struct cand){im->chunks[c], (uint32_t)i, c};
     }
     /* Each chunk once (its first place), then in image order, which compresses best. */
@@ -413,34 +692,58 @@ int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
     for (size_t j = 0; j < n; j++)
         if (u == 0 || !cs_id_equal(&cands[u - 1].id, &cands[j].id)) cands[u++] = cands[j];
     qsort(cands, u, sizeof *cands, cmp_cand_pos);
+    /* The carried chunks by id, with their index in the stream in place of their position:
+     * what a later place naming the same chunk refers to. */
+    if (!(byid = malloc((u ? u : 1) * sizeof *byid))) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t j = 0; j < u; j++) byid[j] = (struct cand){cands[j].id, 0, j};
+    qsort(byid, u, sizeof *byid, cmp_cand_id);
+
+    /* The smallest window that spans the whole stream, up to what importers allow: the
+     * importer allocates the window, so a small package must not ask for 128 MiB. */
+    unsigned wlog = OV_WLOG_MIN;
+    while (wlog < OV_WLOG_MAX && (1ull << wlog) < (uint64_t)u * (CS_CHUNK_SIZE + 2)) wlog++;
 
     if ((rc = cs_manifest_get_raw(st, id, &raw, &rawlen))) goto out;
     x.m = m, x.parent = p;
     x.cctx = ZSTD_createCCtx();
-    x.dcctx = node__delta_cctx(x.level);
+    x.dcctx = node__delta_cctx(level);
     x.est = ZSTD_createCCtx();
-    x.block = malloc((size_t)BLOCK_CHUNKS * CS_CHUNK_SIZE);
-    x.zcap = ZSTD_compressBound((size_t)BLOCK_CHUNKS * CS_CHUNK_SIZE);
-    x.zbuf = malloc(x.zcap);
-    if (!x.cctx || !x.dcctx || !x.est || !x.block || !x.zbuf) {
+    x.in = malloc(STREAM_IN);
+    x.outcap = ZSTD_CStreamOutSize();
+    x.out = malloc(x.outcap);
+    x.isdelta = calloc(u ? u : 1, 1);
+    if (!x.cctx || !x.dcctx || !x.est || !x.in || !x.out || !x.isdelta) {
         rc = -ENOMEM;
         goto out;
     }
-    ZSTD_CCtx_setParameter(x.cctx, ZSTD_c_compressionLevel, x.level);
+    ZSTD_CCtx_setParameter(x.cctx, ZSTD_c_compressionLevel, level);
+    ZSTD_CCtx_setParameter(x.cctx, ZSTD_c_windowLog, (int)wlog);
+    ZSTD_CCtx_setParameter(x.cctx, ZSTD_c_enableLongDistanceMatching, 1);
     w->fd = fd;
     crypto_generichash_init(&w->h, NULL, 0, 32);
-    uint8_t hdr[OV_HDR] = {'C', 'L', 'O', 'V', OV_VERSION, 0, 0, 0};
-    put_le(hdr + 8, rawlen, 4);
+    uint8_t hdr[OV_HDR] = {'C', 'L', 'O', 'V', OV_VERSION, 0, (uint8_t)wlog, 0};
+    memcpy(hdr + 8, id->b, CS_ID_BYTES);
     w_bytes(w, hdr, sizeof hdr);
-    w_bytes(w, raw, rawlen);
     if ((rc = export_cands(&x, cands, u, progress, arg))) goto fail;
-    w_le(w, REC_END, 1);
-    w_le(w, rep.chunks, 8);
+    uint64_t before = w->total;
+    struct carry c = {.w = w, .cands = cands, .isdelta = x.isdelta, .n = u, .parent = pset,
+                      .nparent = npset, .byid = byid};
+    struct mwalk mw = {.p = raw, .len = rawlen, .copy = carry_copy, .pos = carry_pos, .arg = &c};
+    if ((rc = manifest_walk(&mw))) goto fail;
+    if (c.next != u) { /* a candidate the walk did not meet: the stored manifest is not canonical */
+        rc = CS_ECORRUPT;
+        goto fail;
+    }
+    w_le(w, w->total - before, 4);
     uint8_t h[32];
     crypto_generichash_final(&w->h, h, sizeof h);
     w_bytes(w, h, sizeof h);
     w_flush(w);
     rc = w->err;
+    rep.block_bytes = x.stream_bytes > rep.delta_bytes ? x.stream_bytes - rep.delta_bytes : 0;
     rep.file_bytes = w->total;
 fail:
     if (rc) node__errf(err, "writing the overlay package: %s", cs_strerror(rc));
@@ -449,7 +752,7 @@ out:
     ZSTD_freeCCtx(x.cctx);
     ZSTD_freeCCtx(x.dcctx);
     ZSTD_freeCCtx(x.est);
-    free(x.block), free(x.zbuf), free(raw), free(cands), free(pset), free(w);
+    free(x.in), free(x.out), free(x.isdelta), free(raw), free(cands), free(pset), free(byid), free(w);
     cs_manifest_free(m);
     cs_manifest_free(p);
     return rc;
@@ -457,179 +760,294 @@ out:
 
 /* ---- import ---------------------------------------------------------------------------------- */
 
-struct import {
+/*
+ * The stream decodes on a thread of its own into PIPE_DEPTH batches of PIPE_BATCH chunks; the
+ * caller's thread (and, storing, STORE_THREADS - 1 more) take full batches in order and hash or
+ * store them. A slot is refilled only once its batch is done. The first error stops all.
+ */
+#define PIPE_BATCH 1024u
+#define PIPE_DEPTH 4u
+#define STORE_THREADS 2u
+
+enum { SLOT_EMPTY, SLOT_FULL, SLOT_BUSY };
+
+struct pipe {
     cs_store *st;
-    cs_manifest *m, *parent; /* resolved */
-    ZSTD_DCtx *dctx;
-    uint8_t *block;
-    bool storing;         /* second pass */
-    cs_id *seen;          /* first pass: every chunk id in the package */
-    size_t nseen, capseen;
-    uint8_t *pending;     /* second pass: decoded deltas waiting to be stored */
-    cs_id pending_ids[EXPORT_BATCH];
-    size_t npending;
-    const uint8_t *base_of_buf;
-    size_t buflen;
+    const node__overlay_pkg *pkg;
+    const cs_id *bases; /* per delta: the parent's chunk at its place */
+    cs_id *ids;         /* per carried chunk: computed (verifying) or expected (storing) */
+    bool storing;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint8_t *buf[PIPE_DEPTH];
+    int state[PIPE_DEPTH];
+    size_t first[PIPE_DEPTH], n[PIPE_DEPTH];
+    size_t produced, taken, done_chunks;
+    bool decoded; /* the decoder has published its last batch */
+    int rc;
+    char err[NODE_ERRMSG];
+    uint64_t delta_bytes;
     cs_progress_fn progress;
     void *arg;
-    node_overlay_report *rep;
-    char *err;
+    size_t len;   /* of the package, what progress counts */
+    size_t batch; /* chunks per batch: PIPE_BATCH, or fewer for a small package */
 };
 
-static int remember(struct import *im, const cs_id *ids, size_t n)
+static void pipe_fail(struct pipe *p, int rc, const char *err)
 {
-    if (im->nseen + n > im->capseen) {
-        size_t cap = im->capseen ? im->capseen : 1024;
-        while (cap < im->nseen + n) cap *= 2;
-        cs_id *p = realloc(im->seen, cap * sizeof *p);
-        if (!p) return -ENOMEM;
-        im->seen = p, im->capseen = cap;
+    pthread_mutex_lock(&p->mu);
+    if (!p->rc) {
+        p->rc = rc;
+        snprintf(p->err, sizeof p->err, "%s", err);
     }
-    memcpy(im->seen + im->nseen, ids, n * sizeof *ids);
-    im->nseen += n;
-    return 0;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
 }
 
-static int on_manifest(const uint8_t *buf, size_t len, void *arg)
+static int decode_batch(struct pipe *p, node__overlay_stream *s, ZSTD_DCtx *dd, uint8_t *out,
+                        size_t first, size_t n, size_t *ndelta, uint8_t *bases, size_t *bfirst,
+                        size_t *bn, char err[NODE_ERRMSG])
 {
-    struct import *im = arg;
-    if (im->m) return 0; /* second pass */
-    char hex[CS_ID_HEX + 1];
-    int rc = cs_manifest_decode(buf, len, &im->m);
-    if (rc) {
-        node__errf(im->err, "the package's manifest is malformed");
-        return rc;
-    }
-    if (im->m->has_parent) {
-        rc = cs_manifest_get(im->st, &im->m->parent, &im->parent);
-        if (rc == CS_ENOTFOUND || rc == CS_EMISSING) {
-            node__errf(im->err, "parent manifest %s is not in this store: import or pull the base VM first",
-                 cs_id_to_hex(&im->m->parent, hex));
-            return CS_EMISSING;
+    const node__overlay_pkg *pkg = p->pkg;
+    uint8_t z[DELTA_MAX];
+    for (size_t j = 0; j < n; j++) {
+        bool delta = pkg->carried[first + j] & 1;
+        uint8_t *chunk = out + j * CS_CHUNK_SIZE;
+        size_t zl = 0;
+        int rc = node__overlay_stream_item(s, delta, chunk, z, &zl, err);
+        if (rc || !delta) {
+            if (rc) return rc;
+            continue;
         }
-        if (rc) {
-            node__errf(im->err, "parent manifest %s: %s", cs_id_to_hex(&im->m->parent, hex), cs_strerror(rc));
+        size_t k = (*ndelta)++;
+        if (k >= *bfirst + *bn) { /* the next bases, fetched together */
+            *bfirst = k;
+            *bn = pkg->ndelta - k < p->batch ? pkg->ndelta - k : p->batch;
+            if ((rc = cs_get(p->st, p->bases + k, *bn, bases, NULL))) {
+                node__errf(err, "reading the parent's chunks the deltas apply to: %s", cs_strerror(rc));
+                return rc;
+            }
+        }
+        if ((rc = node__overlay_delta_decode(dd, bases + (k - *bfirst) * CS_CHUNK_SIZE, z, zl, chunk))) {
+            node__errf(err, "delta %zu of the package does not decode against its base", k);
             return rc;
         }
-        rc = cs_manifest_resolve(im->m, im->parent);
+        p->delta_bytes += zl;
     }
-    return rc;
+    return 0;
 }
 
-static int store_batch(struct import *im, const uint8_t *chunks, const cs_id *ids, size_t n)
+static void *decode_main(void *arg)
 {
-    size_t bad = 0;
-    int rc = cs_put(im->st, chunks, n, ids, NULL, &bad, NULL);
-    if (rc) node__errf(im->err, "storing chunks: %s", cs_strerror(rc));
-    return rc;
+    struct pipe *p = arg;
+    const node__overlay_pkg *pkg = p->pkg;
+    char err[NODE_ERRMSG] = "";
+    node__overlay_stream s;
+    ZSTD_DCtx *dd = ZSTD_createDCtx();
+    uint8_t *bases = malloc(p->batch * CS_CHUNK_SIZE);
+    size_t ndelta = 0, bfirst = 0, bn = 0;
+    int rc = dd && bases ? node__overlay_stream_open(&s, pkg, OV_WLOG_MAX) : -ENOMEM;
+    if (rc) pipe_fail(p, rc, "out of memory decoding the package");
+    for (size_t i = 0; rc == 0 && i < pkg->ncarried;) {
+        size_t slot = p->produced % PIPE_DEPTH;
+        pthread_mutex_lock(&p->mu);
+        while (p->state[slot] != SLOT_EMPTY && !p->rc) pthread_cond_wait(&p->cv, &p->mu);
+        rc = p->rc;
+        pthread_mutex_unlock(&p->mu);
+        if (rc) break; /* someone else failed: their message stands */
+        size_t n = pkg->ncarried - i < p->batch ? pkg->ncarried - i : p->batch;
+        rc = decode_batch(p, &s, dd, p->buf[slot], i, n, &ndelta, bases, &bfirst, &bn, err);
+        if (rc) {
+            pipe_fail(p, rc, err);
+            break;
+        }
+        pthread_mutex_lock(&p->mu);
+        p->first[slot] = i, p->n[slot] = n, p->state[slot] = SLOT_FULL;
+        p->produced++;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        i += n;
+    }
+    if (rc == 0 && (rc = node__overlay_stream_end(&s, err))) pipe_fail(p, rc, err);
+    if (dd && bases) node__overlay_stream_close(&s);
+    ZSTD_freeDCtx(dd);
+    free(bases);
+    pthread_mutex_lock(&p->mu);
+    p->decoded = true;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
 }
 
-static int check_ids(struct import *im, const uint8_t *chunks, const cs_id *ids, size_t n, size_t at)
+static int consume_batch(struct pipe *p, const uint8_t *chunks, size_t first, size_t n, char err[NODE_ERRMSG])
 {
-    for (size_t i = 0; i < n; i++) {
-        cs_id got;
-        cs_chunk_id(chunks + i * CS_CHUNK_SIZE, &got);
-        if (!cs_id_equal(&got, &ids[i]) || cs_id_is_zero(&ids[i])) {
-            char hex[CS_ID_HEX + 1];
-            node__errf(im->err, "chunk %s in the record at byte %zu does not match its id",
-                 cs_id_to_hex(&ids[i], hex), at);
-            return CS_ECORRUPT;
+    if (p->storing) {
+        size_t bad = 0;
+        int rc = cs_put_nosync(p->st, chunks, n, p->ids + first, NULL, &bad, NULL);
+        if (rc == CS_ECORRUPT)
+            node__errf(err, "chunk %zu of the package changed between its check and its storing", first + bad);
+        else if (rc)
+            node__errf(err, "storing chunks: %s", cs_strerror(rc));
+        return rc;
+    }
+    for (size_t j = 0; j < n; j++) {
+        cs_chunk_id(chunks + j * CS_CHUNK_SIZE, &p->ids[first + j]);
+        if (cs_id_is_zero(&p->ids[first + j])) {
+            node__errf(err, "the package carries the zero chunk (chunk %zu)", first + j);
+            return CS_EFORMAT;
         }
     }
     return 0;
 }
 
-static void report_progress(struct import *im, size_t at)
+static void *consume_main(void *arg)
 {
-    if (im->progress && im->storing) im->progress(at, im->buflen, im->arg);
+    struct pipe *p = arg;
+    char err[NODE_ERRMSG] = "";
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->rc && p->taken == p->produced && !p->decoded) pthread_cond_wait(&p->cv, &p->mu);
+        if (p->rc || p->taken == p->produced) break;
+        size_t slot = p->taken++ % PIPE_DEPTH;
+        p->state[slot] = SLOT_BUSY;
+        pthread_mutex_unlock(&p->mu);
+        int rc = consume_batch(p, p->buf[slot], p->first[slot], p->n[slot], err);
+        pthread_mutex_lock(&p->mu);
+        if (rc) {
+            if (!p->rc) p->rc = rc, snprintf(p->err, sizeof p->err, "%s", err);
+            pthread_cond_broadcast(&p->cv);
+            break;
+        }
+        p->state[slot] = SLOT_EMPTY;
+        p->done_chunks += p->n[slot];
+        if (p->progress) { /* under the lock: one call at a time; in the package's bytes, each
+                            * pass counting for half */
+            double done = (double)((p->storing ? p->pkg->ncarried : 0) + p->done_chunks);
+            p->progress((uint64_t)(done * (double)p->len / (2.0 * (double)p->pkg->ncarried)), p->len, p->arg);
+        }
+        pthread_cond_broadcast(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
 }
 
-static int on_block(const cs_id *ids, uint32_t n, const uint8_t *z, size_t zlen, size_t at, void *arg)
+/* One pass over the stream: verifying (fills ids) or storing (stores what matches ids). */
+static int run_pass(struct pipe *p, unsigned consumers, char err[NODE_ERRMSG])
 {
-    struct import *im = arg;
-    int rc = node__overlay_block_decode(im->dctx, z, zlen, n, im->block);
-    if (rc) {
-        node__errf(im->err, "block at byte %zu does not decompress", at);
+    pthread_t dec, more[STORE_THREADS];
+    unsigned started = 0;
+    int rc = 0;
+    p->produced = p->taken = p->done_chunks = 0;
+    p->decoded = false;
+    p->delta_bytes = 0;
+    for (size_t i = 0; i < PIPE_DEPTH; i++) p->state[i] = SLOT_EMPTY;
+    if ((rc = -pthread_create(&dec, NULL, decode_main, p))) {
+        node__errf(err, "starting the decoder thread: %s", strerror(-rc));
         return rc;
     }
-    if ((rc = check_ids(im, im->block, ids, n, at))) return rc;
-    report_progress(im, at);
-    if (im->storing) return store_batch(im, im->block, ids, n);
-    im->rep->chunks += n;
-    im->rep->block_bytes += zlen;
-    return remember(im, ids, n);
+    while (started + 1 < consumers && pthread_create(&more[started], NULL, consume_main, p) == 0)
+        started++;
+    consume_main(p);
+    for (unsigned i = 0; i < started; i++) pthread_join(more[i], NULL);
+    pthread_join(dec, NULL);
+    if (p->rc) node__errf(err, "%s", p->err);
+    return p->rc;
 }
 
-static int on_delta(uint32_t image, uint64_t pos, const cs_id *id, const uint8_t *z, size_t zlen,
-                    size_t at, void *arg)
+/* Every chunk the rebuilt manifest names explicitly is in the package or already held. */
+static int check_complete(cs_store *st, const cs_manifest *m, const cs_id *ids, size_t nids,
+                          char err[NODE_ERRMSG])
 {
-    struct import *im = arg;
-    char hex[CS_ID_HEX + 1];
-    if (image >= im->m->nimages || pos >= im->m->images[image].nchunks ||
-        !cs_id_equal(&im->m->images[image].chunks[pos], id) || !im->parent) {
-        node__errf(im->err, "delta at byte %zu is for a place the manifest does not name", at);
-        return CS_EFORMAT;
-    }
-    const cs_image *pim = cs_manifest_find_image(im->parent, im->m->images[image].name);
-    if (!pim || pos >= pim->nchunks || cs_id_is_zero(&pim->chunks[pos])) {
-        node__errf(im->err, "delta at byte %zu has no base chunk in the parent", at);
-        return CS_EFORMAT;
-    }
-    uint8_t base[CS_CHUNK_SIZE];
-    int rc = cs_get(im->st, &pim->chunks[pos], 1, base, NULL);
-    if (rc) {
-        node__errf(im->err, "base chunk %s of the delta at byte %zu: %s",
-             cs_id_to_hex(&pim->chunks[pos], hex), at, cs_strerror(rc));
-        return rc == CS_ENOTFOUND ? CS_EMISSING : rc;
-    }
-    uint8_t *out = im->storing ? im->pending + im->npending * CS_CHUNK_SIZE : im->block;
-    if ((rc = node__overlay_delta_decode(im->dctx, base, z, zlen, out))) {
-        node__errf(im->err, "delta at byte %zu does not decode against its base", at);
-        return rc;
-    }
-    if ((rc = check_ids(im, out, id, 1, at))) return rc;
-    if (!im->storing) {
-        im->rep->chunks++;
-        im->rep->delta_chunks++;
-        im->rep->delta_bytes += zlen;
-        return remember(im, id, 1);
-    }
-    im->pending_ids[im->npending++] = *id;
-    report_progress(im, at);
-    if (im->npending < EXPORT_BATCH) return 0;
-    im->npending = 0;
-    return store_batch(im, im->pending, im->pending_ids, EXPORT_BATCH);
-}
-
-/* Every chunk the manifest names explicitly is in the package or already in the store. */
-static int check_complete(struct import *im)
-{
-    qsort(im->seen, im->nseen, sizeof *im->seen, cmp_id);
+    cs_id *carried = malloc((nids ? nids : 1) * sizeof *carried);
+    if (!carried) return -ENOMEM;
+    memcpy(carried, ids, nids * sizeof *ids);
+    qsort(carried, nids, sizeof *carried, cmp_id);
     cs_id batch[EXPORT_BATCH];
     size_t nb = 0, missing = 0;
     cs_id first_missing = {{0}};
-    for (size_t i = 0; i < im->m->nimages; i++) {
-        const cs_image *img = &im->m->images[i];
-        for (uint64_t c = 0; c <= img->nchunks; c++) {
-            bool last = i + 1 == im->m->nimages && c == img->nchunks;
+    int rc = 0;
+    for (size_t i = 0; i < m->nimages && rc == 0; i++) {
+        const cs_image *img = &m->images[i];
+        for (uint64_t c = 0; c <= img->nchunks && rc == 0; c++) {
+            bool last = i + 1 == m->nimages && c == img->nchunks;
             if (c < img->nchunks && !cs_id_is_zero(&img->chunks[c]) && explicit_at(img, c) &&
-                !in_set(im->seen, im->nseen, &img->chunks[c]))
+                !in_set(carried, nids, &img->chunks[c]))
                 batch[nb++] = img->chunks[c];
             if (nb == EXPORT_BATCH || (last && nb)) {
                 uint8_t held[EXPORT_BATCH / 8];
-                int64_t h = cs_has(im->st, batch, nb, held);
-                if (h < 0) return (int)h;
-                for (size_t k = 0; k < nb; k++)
+                int64_t h = cs_has(st, batch, nb, held);
+                if (h < 0) rc = (int)h;
+                for (size_t k = 0; k < nb && h >= 0; k++)
                     if (!(held[k / 8] & (1u << (k % 8))) && missing++ == 0) first_missing = batch[k];
                 nb = 0;
             }
         }
     }
-    if (missing) {
+    free(carried);
+    if (rc) node__errf(err, "checking the store: %s", cs_strerror(rc));
+    else if (missing) {
         char hex[CS_ID_HEX + 1];
-        node__errf(im->err, "the package lacks %zu chunks this store does not hold either (first: %s)",
-             missing, cs_id_to_hex(&first_missing, hex));
-        return CS_EMISSING;
+        node__errf(err, "the package lacks %zu chunks this store does not hold either (first: %s)",
+                   missing, cs_id_to_hex(&first_missing, hex));
+        rc = CS_EMISSING;
+    }
+    return rc;
+}
+
+/* The parent of the package's manifest, and the parent's chunk under every delta. */
+static int resolve(cs_store *st, node__overlay_pkg *pkg, cs_manifest *m, cs_manifest **parent,
+                   cs_id **bases, char err[NODE_ERRMSG])
+{
+    char hex[CS_ID_HEX + 1];
+    int rc = 0;
+    if (m->has_parent) {
+        rc = cs_manifest_get(st, &m->parent, parent);
+        if (rc == CS_ENOTFOUND || rc == CS_EMISSING) {
+            node__errf(err, "parent manifest %s is not in this store: import or pull the base VM first",
+                       cs_id_to_hex(&m->parent, hex));
+            return CS_EMISSING;
+        }
+        if (rc) {
+            node__errf(err, "parent manifest %s: %s", cs_id_to_hex(&m->parent, hex), cs_strerror(rc));
+            return rc;
+        }
+        if ((rc = cs_manifest_resolve(m, *parent))) {
+            node__errf(err, "the package's manifest does not fit its parent");
+            return rc;
+        }
+    }
+    /* Places the package names by a place in the parent get the parent's id there. */
+    for (size_t i = 0; i < pkg->nrefs; i++) {
+        const struct node__overlay_ref *r = &pkg->refs[i];
+        if (r->image == NODE__OVERLAY_CARRIED) continue;
+        if (!*parent || r->image >= (*parent)->nimages || r->pos >= (*parent)->images[r->image].nchunks ||
+            cs_id_is_zero(&(*parent)->images[r->image].chunks[r->pos])) {
+            node__errf(err, "the package names a place the parent does not hold a chunk at");
+            return CS_EFORMAT;
+        }
+        memcpy(pkg->manifest + r->off, (*parent)->images[r->image].chunks[r->pos].b, CS_ID_BYTES);
+    }
+    if (!(*bases = malloc((pkg->ndelta ? pkg->ndelta : 1) * sizeof **bases))) return -ENOMEM;
+    for (size_t k = 0; k < pkg->ndelta; k++) {
+        const struct node__overlay_place *at = &pkg->delta_at[k];
+        const cs_image *pim = *parent ? cs_manifest_find_image(*parent, m->images[at->image].name) : NULL;
+        if (!pim || at->pos >= pim->nchunks || cs_id_is_zero(&pim->chunks[at->pos])) {
+            node__errf(err, "a delta of the package is for a place where the parent has no chunk");
+            return CS_EFORMAT;
+        }
+        (*bases)[k] = pim->chunks[at->pos];
+    }
+    for (size_t k = 0; k < pkg->ndelta; k += EXPORT_BATCH) {
+        size_t n = pkg->ndelta - k < EXPORT_BATCH ? pkg->ndelta - k : EXPORT_BATCH;
+        uint8_t held[EXPORT_BATCH / 8];
+        int64_t h = cs_has(st, *bases + k, n, held);
+        if (h < 0) return (int)h;
+        for (size_t i = 0; i < n; i++)
+            if (!(held[i / 8] & (1u << (i % 8)))) {
+                node__errf(err, "the parent's chunk %s, base of a delta, is not in this store",
+                           cs_id_to_hex(&(*bases)[k + i], hex));
+                return CS_EMISSING;
+            }
     }
     return 0;
 }
@@ -638,33 +1056,75 @@ int node_overlay_import(cs_store *st, const uint8_t *buf, size_t len, cs_id *id,
                         cs_progress_fn progress, void *arg, node_overlay_report *report,
                         char err[NODE_ERRMSG])
 {
-    node_overlay_report rep = {0};
-    struct import im = {.st = st, .progress = progress, .arg = arg, .rep = &rep, .err = err,
-                        .buflen = len};
-    static const node__overlay_visitor visit = {on_manifest, on_block, on_delta};
-    im.dctx = ZSTD_createDCtx();
-    im.block = malloc((size_t)BLOCK_CHUNKS * CS_CHUNK_SIZE);
-    im.pending = malloc((size_t)EXPORT_BATCH * CS_CHUNK_SIZE);
-    int rc = im.dctx && im.block && im.pending ? 0 : -ENOMEM;
-    if (rc == 0) rc = cs_ingest_begin(st);
+    node_overlay_report rep = {.file_bytes = len};
+    node__overlay_pkg pkg;
+    cs_manifest *m = NULL, *parent = NULL, *final = NULL;
+    cs_id *bases = NULL;
+    struct pipe p = {.st = st, .pkg = &pkg, .progress = progress, .arg = arg, .len = len};
+    bool ingest = false, locks = false;
+    char hex[CS_ID_HEX + 1];
+    int rc = node__overlay_parse(buf, len, &pkg, err);
     if (rc) goto out;
-    rc = node__overlay_parse(buf, len, &visit, &im, err);
-    if (rc == 0) rc = check_complete(&im);
-    if (rc == 0) {
-        im.storing = true;
-        rc = node__overlay_parse(buf, len, &visit, &im, err);
-        if (rc == 0 && im.npending) rc = store_batch(&im, im.pending, im.pending_ids, im.npending);
-        uint64_t mlen = get_le(buf + 8, 4);
-        if (rc == 0) rc = cs_manifest_put(st, buf + OV_HDR, (size_t)mlen, true, id);
-        if (rc) node__errf(err, "storing the package: %s", cs_strerror(rc));
+    if ((rc = cs_manifest_decode(pkg.manifest, pkg.mlen, &m))) {
+        node__errf(err, "the package's manifest is malformed");
+        goto out;
     }
-    cs_ingest_end(st);
-    rep.file_bytes = len;
+    if ((rc = resolve(st, &pkg, m, &parent, &bases, err))) goto out;
+    rc = -ENOMEM;
+    p.bases = bases;
+    if (!(p.ids = malloc((pkg.ncarried ? pkg.ncarried : 1) * sizeof *p.ids))) goto out;
+    p.batch = pkg.ncarried < PIPE_BATCH ? (pkg.ncarried ? pkg.ncarried : 1) : PIPE_BATCH;
+    for (size_t i = 0; i < PIPE_DEPTH; i++)
+        if (!(p.buf[i] = malloc(p.batch * CS_CHUNK_SIZE))) goto out;
+    pthread_mutex_init(&p.mu, NULL);
+    pthread_cond_init(&p.cv, NULL);
+    locks = true;
+    if ((rc = cs_ingest_begin(st))) {
+        node__errf(err, "cannot start storing: %s", cs_strerror(rc));
+        goto out;
+    }
+    ingest = true;
+
+    /* 1. Decode and hash everything; rebuild the manifest and check it is the one named. */
+    if ((rc = run_pass(&p, 1, err))) goto out;
+    for (size_t i = 0; i < pkg.ncarried; i++)
+        memcpy(pkg.manifest + (pkg.carried[i] >> 1), p.ids[i].b, CS_ID_BYTES);
+    for (size_t i = 0; i < pkg.nrefs; i++)
+        if (pkg.refs[i].image == NODE__OVERLAY_CARRIED)
+            memcpy(pkg.manifest + pkg.refs[i].off, p.ids[pkg.refs[i].pos].b, CS_ID_BYTES);
+    cs_id got;
+    cs_manifest_id(pkg.manifest, pkg.mlen, &got);
+    if (!cs_id_equal(&got, &pkg.id)) {
+        node__errf(err, "the package's chunks do not make the manifest %s it names",
+                   cs_id_to_hex(&pkg.id, hex));
+        rc = CS_ECORRUPT;
+        goto out;
+    }
+    if ((rc = cs_manifest_decode(pkg.manifest, pkg.mlen, &final)) ||
+        (parent && (rc = cs_manifest_resolve(final, parent)))) {
+        node__errf(err, "the package's manifest is malformed");
+        goto out;
+    }
+    if ((rc = check_complete(st, final, p.ids, pkg.ncarried, err))) goto out;
+    rep.chunks = pkg.ncarried;
+    rep.delta_chunks = pkg.ndelta;
+    rep.delta_bytes = p.delta_bytes;
+    rep.block_bytes = pkg.slen > p.delta_bytes ? pkg.slen - p.delta_bytes : 0;
+
+    /* 2. Store, made durable before the manifest that names the chunks. */
+    p.storing = true;
+    if ((rc = run_pass(&p, STORE_THREADS, err))) goto out;
+    if ((rc = cs_sync(st)) || (rc = cs_manifest_put(st, pkg.manifest, pkg.mlen, true, id)))
+        node__errf(err, "storing the package: %s", cs_strerror(rc));
 out:
+    if (ingest) cs_ingest_end(st);
+    if (locks) pthread_cond_destroy(&p.cv), pthread_mutex_destroy(&p.mu);
     if (report) *report = rep;
-    ZSTD_freeDCtx(im.dctx);
-    free(im.block), free(im.pending), free(im.seen);
-    cs_manifest_free(im.m);
-    cs_manifest_free(im.parent);
+    for (size_t i = 0; i < PIPE_DEPTH; i++) free(p.buf[i]);
+    free(p.ids), free(bases);
+    cs_manifest_free(m);
+    cs_manifest_free(final);
+    cs_manifest_free(parent);
+    node__overlay_pkg_free(&pkg);
     return rc;
 }

@@ -116,7 +116,8 @@ enum { CL_SOURCE_LOCAL = 0, CL_SOURCE_NEIGHBOUR = 1, CL_SOURCE_ORIGIN = 2 };
 #define CL_SOURCES_MAX 32
 typedef struct cl_source {
     int kind;       /* CL_SOURCE_* */
-    uint64_t bytes; /* chunk bytes (uncompressed) */
+    uint64_t bytes; /* local: chunk bytes held; neighbour, origin: bytes received (compressed
+                       manifests and chunks) */
     char label[65]; /* "local", a neighbour's node key's first 12 hex digits, "origin" */
 } cl_source;
 
