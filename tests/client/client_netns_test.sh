@@ -8,35 +8,9 @@
 # Usage: client_netns_test.sh CLOUDLET CLOUDLETD CASE
 set -euo pipefail
 CLOUDLET=$1 CLOUDLETD=$2 CASE=$3
-T=$(mktemp -d "${TMPDIR:-/tmp}/cloudlet-clnetns-XXXXXX")
-LAN=clc$$
-PIDS=()
-# shellcheck source=../lib/netns.sh
-. "$(dirname "$0")/../lib/netns.sh"
-
-cleanup() {
-    stop_pids "${PIDS[@]}"
-    lan_down
-    [ -n "${KEEP:-}" ] && echo "kept $T" >&2 || rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 1' TERM INT HUP
-fail() {
-    echo "FAIL: $*" >&2
-    for l in "$T"/*.log; do [ -f "$l" ] && { echo "--- $l" >&2; tail -20 "$l" >&2; }; done
-    exit 1
-}
-json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval("d"+sys.argv[2]))' "$1" "$2"; }
-key_of() { tr -d '\n' <"$T/$1/node.pub"; }
-
-# start NAME: cloudletd for home NAME in namespace $LAN-NAME; returns once it serves.
-start() {
-    ip netns exec "$LAN-$1" "$CLOUDLETD" --home "$T/$1" --foreground --log-level debug \
-        2>"$T/$1.log" &
-    PIDS+=($!)
-    for _ in $(seq 200); do [ -S "$T/$1/control.sock" ] && return 0; sleep 0.05; done
-    fail "cloudletd $1 never served"
-}
+NODES_TAG=clnetns LAN=clc$$
+# shellcheck source=../lib/lan_nodes.sh
+. "$(dirname "$0")/../lib/lan_nodes.sh"
 
 # Two nodes of a fleet (a, b) and an app holding the fleet's client key and a file.
 lan() {

@@ -8,23 +8,9 @@
 set -euo pipefail
 CLOUDLET=$1 CLOUDLETD=$2 CASE=$3
 ID=$$
-T=$(mktemp -d "${TMPDIR:-/tmp}/cloudlet-pullns-XXXXXX")
-LAN=clp$ID
-PIDS=()
-# shellcheck source=../lib/netns.sh
-. "$(dirname "$0")/../lib/netns.sh"
-cleanup() {
-    stop_pids "${PIDS[@]}"
-    lan_down
-    [ -n "${KEEP:-}" ] && echo "kept $T" >&2 || rm -rf "$T"
-}
-trap cleanup EXIT
-fail() {
-    echo "FAIL: $*" >&2
-    for l in "$T"/*.log; do [ -f "$l" ] && { echo "--- $l" >&2; tail -20 "$l" >&2; }; done
-    exit 1
-}
-cl() { "$CLOUDLET" "$@"; }
+NODES_TAG=pullns LAN=clp$ID
+# shellcheck source=../lib/lan_nodes.sh
+. "$(dirname "$0")/../lib/lan_nodes.sh"
 
 lan_up
 
@@ -39,14 +25,6 @@ node() {
         cl init --home "$T/$name" --fleet-key "$T/fleet" >/dev/null
     fi
     printf 'beacon_interval = 1\n' >"$T/$name/cloudlet.conf"
-}
-start() {
-    local name=$1
-    ip netns exec "clp$ID-$name" "$CLOUDLETD" --home "$T/$name" --foreground --log-level debug \
-        2>"$T/$name.log" &
-    PIDS+=($!)
-    for _ in $(seq 200); do [ -S "$T/$name/control.sock" ] && break; sleep 0.05; done
-    [ -S "$T/$name/control.sock" ] || fail "cloudletd $name never served"
 }
 
 nodes_found_on_the_lan_are_the_sources() {
