@@ -72,7 +72,7 @@ int node__exchange_start(node_daemon *d, char err[NODE_ERRMSG]);
 void node__exchange_stop(node_daemon *d);
 void node__exchange_free(node_daemon *d);
 
-/* A pull reports with one JSON line (ending in a newline, valid during the call) now and then,
+/* Pulls (node_pull.c, docs/fetch.md). A pull reports with one JSON line (ending in a newline, valid during the call) now and then,
  * and a last one (last true) when it ends: {"done": ...} or {"error": ...}. */
 typedef void (*node__pull_report_fn)(const char *line, bool last, void *arg);
 /* Starts pulling manifest id and every chunk it names that the store lacks, from the known

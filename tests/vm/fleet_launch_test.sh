@@ -68,7 +68,8 @@ fleet_launch_by_id_end_to_end() {
     local i
     for i in 1 2 3; do lan_node n$i 198.18.0.$i; done
     lan_node app 198.18.0.10
-    cl overlay export --home "$H" base "$T/base.pkg" >/dev/null
+    # The base's package, made once per fixture (app_launch_test.sh makes the same file).
+    [ -f "$W/base.pkg" ] || cl overlay export --home "$H" --level 3 base "$W/base.pkg" >/dev/null
     for i in 1 2 3; do
         local n=$T/n$i
         # The fleet of the other app cases (app_launch_test.sh) when they ran: the app's home
@@ -82,7 +83,7 @@ fleet_launch_by_id_end_to_end() {
         printf 'launch_dir = %s\nbeacon_interval = 2\n' "$CLOUDLET_LAUNCH_DIR" >"$n/cloudlet.conf"
         # Node 3 takes at most 256 KiB/s: its launch lasts long enough to lose node 1 during it.
         [ "$i" != 3 ] || echo "rate_total = 256K" >>"$n/cloudlet.conf"
-        cl overlay import --home "$n" "$T/base.pkg" >/dev/null
+        cl overlay import --home "$n" "$W/base.pkg" >/dev/null
         # exec: the pid is the daemon's own (ip netns exec execs it too).
         (exec ip netns exec "$LAN-n$i" "$CLOUDLETD" --home "$n" --foreground --log-level debug \
             2>>"$n.log") &
