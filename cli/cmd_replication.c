@@ -115,7 +115,11 @@ static void print_manifest(const char *line)
         cli_json_field(p, oe, "self", self, sizeof self);
         cli_json_field(p, oe, "reachable", reach, sizeof reach);
         char label[140];
-        snprintf(label, sizeof label, "%s%s", addr, strcmp(self, "true") ? "" : " (this)");
+        /* This node listening on every address: "this node" says more than 0.0.0.0. */
+        bool me = !strcmp(self, "true");
+        bool any = !strncmp(addr, "0.0.0.0:", 8) || !strncmp(addr, "[::]:", 5);
+        snprintf(label, sizeof label, "%s%s", me && any ? "this node" : addr,
+                 me && !any ? " (this)" : "");
         if (strcmp(reach, "true")) {
             printf("  %-14s %-22s unreachable (%s)\n", sk, label,
                    cli_json_field(p, oe, "error", err, sizeof err));
