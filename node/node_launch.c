@@ -54,8 +54,8 @@ struct node__launch {
     /* Written by the thread; read on the loop after it signalled its end (thread_done), except
      * the progress counters, which are atomic. */
     atomic_bool thread_done;
-    atomic_uint_fast64_t vm_done;
-    uint64_t vm_total, cur_total, cur_base, cur_done;
+    atomic_uint_fast64_t vm_done, vm_total;
+    uint64_t cur_total, cur_base, cur_done;
     node_launch_opts opts;
     node_launch_report rep;
     int rc;
@@ -127,20 +127,20 @@ static void send_progress(node__launch *l, uint64_t now)
     net_launch_progress pr;
     memset(&pr, 0, sizeof pr);
     pr.req = l->req;
-    uint64_t vm_done = atomic_load(&l->vm_done);
+    uint64_t vm_done = atomic_load(&l->vm_done), vm_total = atomic_load(&l->vm_total);
     if (!l->pp.planned && !l->thread_started)
         pr.stage = NET_LAUNCH_RESOLVE;
     else if (!l->pulled)
         pr.stage = NET_LAUNCH_TRANSFER;
-    else if (vm_done < l->vm_total)
+    else if (vm_total == 0 || vm_done < vm_total) /* (0: not known yet) */
         pr.stage = NET_LAUNCH_APPLY;
     else
         pr.stage = NET_LAUNCH_RESTORE;
     pr.elapsed_ms = ms_between(l->t0, now);
     pr.fetch_total = l->pp.missing * CS_CHUNK_SIZE;
     pr.fetch_done = l->pp.bytes_done < pr.fetch_total ? l->pp.bytes_done : pr.fetch_total;
-    pr.vm_total = l->vm_total;
-    pr.vm_done = vm_done < l->vm_total ? vm_done : l->vm_total;
+    pr.vm_total = vm_total;
+    pr.vm_done = vm_done < vm_total ? vm_done : vm_total;
     pr.nsources = fill_sources(l, pr.src);
     uint8_t *buf;
     size_t len;
@@ -219,9 +219,12 @@ static void on_vm_progress(uint64_t done, uint64_t total, void *arg)
     atomic_store(&l->vm_done, l->cur_base + done);
 }
 
+static uint64_t vm_size(node__launch *l);
+
 static void run(void *arg)
 {
     node__launch *l = arg;
+    atomic_store(&l->vm_total, vm_size(l));
     l->rc = node_vm_launch_local(l->d->st, &l->id, &l->opts, &l->rep, on_vm_progress, l, l->err);
     atomic_store(&l->thread_done, true);
     uv_async_send(&l->async);
@@ -236,13 +239,14 @@ static void on_thread_done(uv_async_t *h)
     l->t_thread_end = uv_now(&l->d->loop);
     if (l->rc == 0 && !l->d->accel) l->d->accel = (int)l->rep.accel; /* detect once */
     if (l->rc == 0)
-        atomic_store(&l->vm_done, l->vm_total);
+        atomic_store(&l->vm_done, atomic_load(&l->vm_total));
     else
         fail(l, "%s", l->err[0] ? l->err : node_strerror(l->rc)); /* stops the pull too */
     launch_pump(l);
 }
 
-/* The VM's size, for progress: every image of the resolved manifest. */
+/* The VM's size, for progress: every image of the resolved manifest (on the thread: it reads
+ * the store). */
 static uint64_t vm_size(node__launch *l)
 {
     cs_manifest *m = NULL;
@@ -255,7 +259,6 @@ static uint64_t vm_size(node__launch *l)
 
 static void start_thread(node__launch *l)
 {
-    l->vm_total = vm_size(l);
     l->opts = (node_launch_opts){.uri = l->d->cfg.libvirt_uri,
                                  .name = l->name,
                                  .dir = l->dir,
