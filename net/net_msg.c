@@ -92,12 +92,32 @@ static int decode_manifest(const uint8_t *p, size_t len, net_msg *m)
     return 0;
 }
 
-static int decode_ids(const uint8_t *p, size_t len, net_msg *m, bool chunks)
+/* The head of every batched message: req u32 || n u32, with 1 <= n <= max. */
+static int decode_head(const uint8_t *p, size_t len, uint32_t max, net_msg *m)
 {
     if (len < IDS_HEADER) return NET_EFORMAT;
     m->req = get32(p);
     m->n = get32(p + 4);
-    if (m->n == 0 || m->n > ids_max(m->type)) return NET_EFORMAT;
+    return m->n == 0 || m->n > max ? NET_EFORMAT : 0;
+}
+
+/* Exactly one zstd frame, len bytes, whose header declares exactly content bytes. */
+static bool one_frame(const uint8_t *f, size_t len, unsigned long long content)
+{
+    if (ZSTD_getFrameContentSize(f, len) != content) return false;
+    size_t fsize = ZSTD_findFrameCompressedSize(f, len);
+    return !ZSTD_isError(fsize) && fsize == len;
+}
+
+/* A delta frame: 1..NET_DELTA_MAX bytes, one frame declaring exactly one chunk. */
+static bool delta_frame_ok(const uint8_t *f, size_t len)
+{
+    return len > 0 && len <= NET_DELTA_MAX && one_frame(f, len, NET_CHUNK_BYTES);
+}
+
+static int decode_ids(const uint8_t *p, size_t len, net_msg *m, bool chunks)
+{
+    if (decode_head(p, len, ids_max(m->type), m)) return NET_EFORMAT;
     size_t idlen = (size_t)m->n * NET_ID_BYTES;
     if (len - IDS_HEADER < idlen) return NET_EFORMAT;
     m->ids = p + IDS_HEADER;
@@ -105,29 +125,13 @@ static int decode_ids(const uint8_t *p, size_t len, net_msg *m, bool chunks)
     m->z = m->ids + idlen;
     m->zlen = len - IDS_HEADER - idlen;
     /* Exactly one frame, declaring exactly the content asked for, before any decompression. */
-    unsigned long long content = ZSTD_getFrameContentSize(m->z, m->zlen);
-    if (content != (unsigned long long)m->n * NET_CHUNK_BYTES) return NET_EFORMAT;
-    size_t fsize = ZSTD_findFrameCompressedSize(m->z, m->zlen);
-    if (ZSTD_isError(fsize) || fsize != m->zlen) return NET_EFORMAT;
-    return 0;
-}
-
-/* One zstd frame, len bytes exactly, declaring exactly one chunk of content. */
-static bool delta_frame_ok(const uint8_t *f, size_t len)
-{
-    if (len == 0 || len > NET_DELTA_MAX) return false;
-    if (ZSTD_getFrameContentSize(f, len) != NET_CHUNK_BYTES) return false;
-    size_t fsize = ZSTD_findFrameCompressedSize(f, len);
-    return !ZSTD_isError(fsize) && fsize == len;
+    return one_frame(m->z, m->zlen, (unsigned long long)m->n * NET_CHUNK_BYTES) ? 0 : NET_EFORMAT;
 }
 
 /* GET_DELTA: req u32 || n u32 || n x id[32] || n x base[32] */
 static int decode_get_delta(const uint8_t *p, size_t len, net_msg *m)
 {
-    if (len < IDS_HEADER) return NET_EFORMAT;
-    m->req = get32(p);
-    m->n = get32(p + 4);
-    if (m->n == 0 || m->n > NET_GET_MAX) return NET_EFORMAT;
+    if (decode_head(p, len, NET_GET_MAX, m)) return NET_EFORMAT;
     size_t idlen = (size_t)m->n * NET_ID_BYTES;
     if (len != IDS_HEADER + 2 * idlen) return NET_EFORMAT;
     m->ids = p + IDS_HEADER;
@@ -138,10 +142,7 @@ static int decode_get_delta(const uint8_t *p, size_t len, net_msg *m)
 /* DELTAS: req u32 || n u32 || n x id[32] || n x len u32 || the n frames back to back */
 static int decode_deltas(const uint8_t *p, size_t len, net_msg *m)
 {
-    if (len < IDS_HEADER) return NET_EFORMAT;
-    m->req = get32(p);
-    m->n = get32(p + 4);
-    if (m->n == 0 || m->n > NET_GET_MAX) return NET_EFORMAT;
+    if (decode_head(p, len, NET_GET_MAX, m)) return NET_EFORMAT;
     size_t head = IDS_HEADER + (size_t)m->n * (NET_ID_BYTES + 4u);
     if (len < head) return NET_EFORMAT;
     m->ids = p + IDS_HEADER;
@@ -151,8 +152,7 @@ static int decode_deltas(const uint8_t *p, size_t len, net_msg *m)
     size_t at = 0;
     for (uint32_t i = 0; i < m->n; i++) {
         size_t flen = get32(m->zlens + 4 * i);
-        if (flen == 0 || flen > NET_DELTA_MAX || m->zlen - at < flen) return NET_EFORMAT;
-        if (!delta_frame_ok(m->z + at, flen)) return NET_EFORMAT;
+        if (m->zlen - at < flen || !delta_frame_ok(m->z + at, flen)) return NET_EFORMAT;
         at += flen;
     }
     return at == m->zlen ? 0 : NET_EFORMAT;
@@ -161,10 +161,7 @@ static int decode_deltas(const uint8_t *p, size_t len, net_msg *m)
 /* ZCHUNKS: req u32 || n u32 || n x id[32] || part (at least one byte) */
 static int decode_zchunks(const uint8_t *p, size_t len, net_msg *m)
 {
-    if (len < IDS_HEADER) return NET_EFORMAT;
-    m->req = get32(p);
-    m->n = get32(p + 4);
-    if (m->n == 0 || m->n > NET_GET_MAX) return NET_EFORMAT;
+    if (decode_head(p, len, NET_GET_MAX, m)) return NET_EFORMAT;
     size_t idlen = (size_t)m->n * NET_ID_BYTES;
     if (len - IDS_HEADER <= idlen) return NET_EFORMAT;
     m->ids = p + IDS_HEADER;
@@ -175,10 +172,7 @@ static int decode_zchunks(const uint8_t *p, size_t len, net_msg *m)
 
 static int decode_bitmap(const uint8_t *p, size_t len, net_msg *m)
 {
-    if (len < IDS_HEADER) return NET_EFORMAT;
-    m->req = get32(p);
-    m->n = get32(p + 4);
-    if (m->n == 0 || m->n > NET_HAVE_MAX) return NET_EFORMAT;
+    if (decode_head(p, len, NET_HAVE_MAX, m)) return NET_EFORMAT;
     size_t bytes = ((size_t)m->n + 7) / 8;
     if (len != IDS_HEADER + bytes) return NET_EFORMAT;
     m->bitmap = p + IDS_HEADER;
