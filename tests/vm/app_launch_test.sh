@@ -6,9 +6,6 @@
 # custom VM; the node is a daemon of its own fleet on 127.0.0.1 holding only the base (copied
 # with an overlay package). The work directory, the domain XML and the console helpers are
 # vm_test.sh's: it is sourced with the no-op case `true`.
-#
-# The single-quoted command lines are expanded by the guest's shell, not here.
-# shellcheck disable=SC2016
 set -euo pipefail
 CLOUDLETD=$(readlink -f "$2")
 APP_CASE=$3
@@ -65,28 +62,6 @@ launch() {
     shift
     cl launch --home "$H" custom --node "$NODE_ADDR" --node-key "$NODE_KEY" --name "$name" \
         --wait "$@"
-}
-
-# src_bytes REPORT.json KIND: bytes the launch took from sources of KIND (local, neighbour,
-# origin), summed.
-src_bytes() {
-    python3 - "$1" "$2" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(sum(s["bytes"] for s in r["sources"] if s["kind"] == sys.argv[2]))
-PY
-}
-
-# The guest of domain $1 carries on from where it was saved: the counter, the value in RAM and
-# the file on its disk.
-resumed() {
-    local sock=$CLOUDLET_LAUNCH_DIR/$1/console.sock
-    [ -S "$sock" ] || fail "no console socket at $sock"
-    local t
-    t=$(tick_now "$sock")
-    [ "$t" -ge "$(cat "$W/tick-before-save")" ] || fail "tick $t: not where it was saved"
-    [ "$(guest_run "$sock" 'echo MARK=$X-$(cat /run/val)-$(cat /mnt/custom.txt)')" = \
-        4242-4343-custom-file ] || fail "the guest lost its state"
 }
 
 # ---- cases ----------------------------------------------------------------------------------------

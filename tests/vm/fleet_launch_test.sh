@@ -10,9 +10,6 @@
 #      app, and the guest resumes.
 # Usage: fleet_launch_test.sh CLOUDLET CLOUDLETD CASE (the case is fleet_launch_by_id_end_to_end)
 # Needs the fixtures vm and vmstore of vm_test.sh (sourced with its no-op case `true`).
-#
-# The single-quoted command lines are expanded by the guest's shell, not here.
-# shellcheck disable=SC2016
 set -euo pipefail
 CLOUDLETD=$(readlink -f "$2")
 FLEET_CASE=$3
@@ -35,26 +32,6 @@ trap fleet_cleanup EXIT
 
 in_ns() { local ns=$LAN-$1; shift; ip netns exec "$ns" "$@"; }
 log() { echo "$(date +%T) $*"; }
-
-# src_bytes REPORT.json KIND [LABEL]: bytes the launch took from sources of KIND (local,
-# neighbour, origin), summed (only the source LABEL when given).
-src_bytes() {
-    python3 - "$@" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(sum(s["bytes"] for s in r["sources"]
-          if s["kind"] == sys.argv[2] and (len(sys.argv) < 4 or s["label"] == sys.argv[3])))
-PY
-}
-
-# The guest of domain $1 carries on where it was saved, and answers.
-resumed() {
-    local sock=$CLOUDLET_LAUNCH_DIR/$1/console.sock t
-    t=$(tick_now "$sock")
-    [ "$t" -ge "$(cat "$W/tick-before-save")" ] || fail "$1: tick $t, not where it was saved"
-    [ "$(guest_run "$sock" 'echo MARK=$X-$(cat /mnt/custom.txt)')" = 4242-custom-file ] ||
-        fail "$1: the guest lost its state"
-}
 
 # app_launch NODE-ADDRESS NAME OUT: the app (in its namespace) launches the custom VM there.
 app_launch() {

@@ -84,6 +84,30 @@ tick_now() { console "$1" --expect '^tick (\d+)' --timeout 10; }
 # Runs shell line $2 in the guest on console $1 and prints what follows MARK= on its output.
 guest_run() { console "$1" --send "$2" --expect 'MARK=(.*)$' --timeout 30; }
 
+# For the launches from an app (app_launch_test.sh, fleet_launch_test.sh):
+# resumed NAME: the custom VM launched as domain NAME (its console in $CLOUDLET_LAUNCH_DIR/NAME)
+# carries on from where it was saved: the counter, the values in RAM and the file on its disk.
+# The single-quoted command line is expanded by the guest's shell.
+# shellcheck disable=SC2016
+resumed() {
+    local sock=$CLOUDLET_LAUNCH_DIR/$1/console.sock t
+    [ -S "$sock" ] || fail "$1: no console socket at $sock"
+    t=$(tick_now "$sock")
+    [ "$t" -ge "$(cat "$W/tick-before-save")" ] || fail "$1: tick $t, not where it was saved"
+    [ "$(guest_run "$sock" 'echo MARK=$X-$(cat /run/val)-$(cat /mnt/custom.txt)')" = \
+        4242-4343-custom-file ] || fail "$1: the guest lost its state"
+}
+# src_bytes REPORT.json KIND [LABEL]: bytes a launch's report (`cloudlet launch --json`) says
+# came from sources of KIND (local, neighbour, origin), summed (only source LABEL when given).
+src_bytes() {
+    python3 - "$@" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(sum(s["bytes"] for s in r["sources"]
+          if s["kind"] == sys.argv[2] and (len(sys.argv) < 4 or s["label"] == sys.argv[3])))
+PY
+}
+
 # ---- cases ----------------------------------------------------------------------------------------
 
 setup() {
