@@ -52,25 +52,6 @@ static const char usage[] =
     "  --json         the report as JSON\n"
     "  --home DIR     the node home\n";
 
-/* A default domain name: the argument when it names the VM, else the id's first 12 digits,
- * and 6 random hex digits so that launches of one VM do not collide. */
-static char *default_name(const char *arg, const cs_id *id)
-{
-    char hex[CS_ID_HEX + 1];
-    cs_id_to_hex(id, hex);
-    bool is_id = strlen(arg) == CS_ID_HEX && strspn(arg, "0123456789abcdefABCDEF") == CS_ID_HEX;
-    unsigned char rnd[3] = {0};
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (f) {
-        if (fread(rnd, 1, sizeof rnd, f) != sizeof rnd) memset(rnd, 0, sizeof rnd);
-        fclose(f);
-    }
-    char *name = malloc(strlen(arg) + 32);
-    if (name)
-        sprintf(name, "%s%.*s-%02x%02x%02x", is_id ? "vm-" : arg, is_id ? 12 : 0, hex, rnd[0],
-                rnd[1], rnd[2]);
-    return name;
-}
 
 /* ---- through a node of the fleet ---------------------------------------------------------- */
 
@@ -433,7 +414,12 @@ int cmd_launch(int argc, char **argv)
     char *dname = NULL, *ddir = NULL;
     cs_id id;
     if (!cli_resolve_id(argv[0], st, argv[optind], &id)) goto done;
-    if (!(dname = name ? strdup(name) : default_name(argv[optind], &id))) goto done;
+    if (name) {
+        dname = strdup(name);
+    } else if ((dname = malloc(strlen(argv[optind]) + 32))) {
+        node_domain_name(argv[optind], &id, dname, strlen(argv[optind]) + 32);
+    }
+    if (!dname) goto done;
     if (dir) {
         ddir = strdup(dir);
     } else {

@@ -177,6 +177,11 @@ int node_vm_capture(cs_store *st, const char *uri, const char *domain, const cha
                     const node_vm_import_opts *o, cs_id *id, node_import_report *report,
                     cs_progress_fn progress, void *arg, char err[NODE_ERRMSG]);
 
+/* A domain name for a launch of VM id, so that launches of one VM do not collide: base (a VM's
+ * name), or "vm-" and the id's first 12 hex digits when base is NULL, empty or an id in hex,
+ * then "-" and 6 random hex digits. Truncated to cap - 1 bytes. */
+void node_domain_name(const char *base, const cs_id *id, char *out, size_t cap);
+
 typedef struct node_launch_opts {
     const char *uri;  /* NULL: qemu:///system */
     const char *name; /* the new domain's name; required, no domain may have it yet */

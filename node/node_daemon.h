@@ -93,7 +93,8 @@ int node__pull_start_from(node_daemon *d, const cs_id *id, const net_pull_source
 int node__pull_start_origin(node_daemon *d, const cs_id *id, void *origin,
                             node__pull_report_fn fn, void *arg, char err[NODE_ERRMSG]);
 /* How a pull of id goes: the one requested by arg, else any pull of id under way (a launch
- * sharing another's fetch). CS_ENOTFOUND when there is none. */
+ * sharing another's fetch); id NULL: the pull requested by arg. CS_ENOTFOUND when there is
+ * none. During a pull's last report it still answers, with done set. */
 #define NODE__PULL_SOURCES_MAX 31u
 typedef struct node__pull_progress_t {
     bool planned;      /* the missing set is known: the manifest is stored, chunks are coming */
@@ -109,6 +110,14 @@ typedef struct node__pull_progress_t {
     char err[NODE_ERRMSG]; /* failed: why */
 } node__pull_progress_t;
 int node__pull_progress(node_daemon *d, const cs_id *id, void *arg, node__pull_progress_t *out);
+
+/* The first 12 hex digits of a node key, as logs and tables show it. Returns out. */
+const char *node__short_hex(const uint8_t *k, char out[13]);
+
+/* Which of ids[0..n) the store holds: a malloc'd bitmap of n bits (bit i = byte i/8,
+ * 1 << i%8), asked 65,536 ids at a time (each a short read transaction; on the worker pool,
+ * never on the loop). NULL with *rc set on error. */
+uint8_t *node__held_bits(cs_store *st, const cs_id *ids, size_t n, int *rc);
 
 /* Launches for apps (node_launch.c, docs/launch.md): the exchange hands over a client's LAUNCH
  * with its connection (conn), and says when that connection is gone. The launch answers with

@@ -493,21 +493,9 @@ static void asked_pull_report(const char *line, bool last, void *arg)
     xconn *xc = arg;
     if (!last) return;
     xc->asked = false;
-    bool ok = !strncmp(line, "{\"done\"", 7);
-    const char *f = strstr(line, "\"chunks_fetched\": ");
-    uint64_t chunks = f ? strtoull(f + strlen("\"chunks_fetched\": "), NULL, 10) : 0;
-    char text[NET_PULL_TEXT_MAX + 1] = "pulled";
-    const char *e = strstr(line, "{\"error\": \"");
-    if (!ok && e) {
-        e += strlen("{\"error\": \"");
-        size_t k = 0;
-        for (; *e && *e != '"' && k < NET_PULL_TEXT_MAX; e++) {
-            if (*e == '\\' && e[1]) e++;
-            text[k++] = *e;
-        }
-        text[k] = '\0';
-    }
-    send_pull_done(xc, ok, chunks, text);
+    node__pull_progress_t pp;
+    bool ok = node__pull_progress(xc->x->d, NULL, xc, &pp) == 0 && !pp.failed;
+    send_pull_done(xc, ok, pp.chunks_done, ok ? "pulled" : pp.err[0] ? pp.err : "the pull failed");
 }
 
 static void serve_pull_ask(xconn *xc, const uint8_t *payload, size_t len)

@@ -115,8 +115,7 @@ static uint32_t fill_sources(const node__launch *l, net_launch_source *out)
         if (pp->src[i].origin)
             snprintf(out[n].label, sizeof out[n].label, "origin");
         else
-            for (int k = 0; k < 6; k++)
-                snprintf(out[n].label + 2 * k, 3, "%02x", pp->src[i].pk[k]);
+            node__short_hex(pp->src[i].pk, out[n].label);
     }
     return n;
 }
@@ -279,7 +278,7 @@ static void on_pull_report(const char *line, bool last, void *arg)
     if (!l->t_planned && l->pp.planned) l->t_planned = uv_now(&l->d->loop);
     if (!last) return;
     l->pulling = false;
-    if (l->pp.failed || strncmp(line, "{\"done\"", 7)) {
+    if (l->pp.failed) {
         fail(l, "%s", l->pp.err[0] ? l->pp.err : "the fetch failed");
     } else {
         l->pulled = true;
@@ -351,19 +350,6 @@ static void on_tick(uv_timer_t *h)
 
 /* ---- from the exchange ----------------------------------------------------------------------- */
 
-/* The domain's name: the app's, or vm-<12 hex of the id>-<6 random hex>. */
-static void choose_name(node__launch *l, const char *asked)
-{
-    if (asked[0]) {
-        snprintf(l->name, sizeof l->name, "%s", asked);
-        return;
-    }
-    char hex[CS_ID_HEX + 1];
-    unsigned char rnd[3];
-    randombytes_buf(rnd, sizeof rnd);
-    snprintf(l->name, sizeof l->name, "vm-%.12s-%02x%02x%02x", cs_id_to_hex(&l->id, hex), rnd[0],
-             rnd[1], rnd[2]);
-}
 
 void node__launch_asked(node_daemon *d, void *conn, const uint8_t *payload, size_t len)
 {
@@ -378,7 +364,10 @@ void node__launch_asked(node_daemon *d, void *conn, const uint8_t *payload, size
     l->conn = conn;
     l->req = req.req;
     memcpy(l->id.b, req.id, CS_ID_BYTES);
-    choose_name(l, req.name);
+    if (req.name[0]) /* else vm-<12 hex digits of the id>-<6 random hex digits> */
+        snprintf(l->name, sizeof l->name, "%s", req.name);
+    else
+        node_domain_name(NULL, &l->id, l->name, sizeof l->name);
     unsigned running = 0;
     for (node__launch *o = d->launches; o; o = o->next) running++;
     if (running >= d->cfg.max_launches)

@@ -105,17 +105,6 @@ static uint64_t system_wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static const char *short_key(const uint8_t pk[NET_KEY_BYTES], char out[13])
-{
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < 6; i++) {
-        out[2 * i] = hex[pk[i] >> 4];
-        out[2 * i + 1] = hex[pk[i] & 15];
-    }
-    out[12] = '\0';
-    return out;
-}
-
 /* ---- the peer table (pure: time is the caller's) -------------------------------------------- */
 
 int node__peer_table_init(node__peer_table *t, unsigned max)
@@ -444,7 +433,7 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
     case NET_BEACON_REPLAY:
         s->count.replayed++;
         node_log(NODE_LOG_DEBUG, "discovery: beacon %llu of %s from %s dropped: %s",
-                 (unsigned long long)b.seq, short_key(b.node_pk, k), ip,
+                 (unsigned long long)b.seq, node__short_hex(b.node_pk, k), ip,
                  net_beacon_verdict_name(v));
         return;
     case NET_BEACON_STALE:
@@ -452,7 +441,7 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
             node_log(NODE_LOG_WARN,
                      "discovery: beacon of %s from %s is %+.0f s off this node's clock; "
                      "beacons more than %u s off are dropped (are the clocks set?)",
-                     short_key(b.node_pk, k), ip,
+                     node__short_hex(b.node_pk, k), ip,
                      ((double)b.time_ms - (double)s->wall_ms()) / 1000.0,
                      NET_BEACON_MAX_SKEW_MS / 1000u);
         return;
@@ -472,12 +461,12 @@ static void on_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct so
         if (s->count.table_full++ == 0)
             node_log(NODE_LOG_WARN,
                      "discovery: peer table full (max_peers = %u); %s at %s not kept", s->table.max,
-                     short_key(b.node_pk, k), ip);
+                     node__short_hex(b.node_pk, k), ip);
         return;
     }
     s->count.accepted++;
     if (rc == 1 || v == NET_BEACON_RESTART) {
-        node_log(NODE_LOG_INFO, "peer %s at %s:%u %s (%s)", short_key(b.node_pk, k), ip, b.tcp_port,
+        node_log(NODE_LOG_INFO, "peer %s at %s:%u %s (%s)", node__short_hex(b.node_pk, k), ip, b.tcp_port,
                  rc == 1 ? "found" : "restarted", static_idx >= 0 ? "static" : "lan");
         if (s->burst_left == 0) prompt(s, from);
     }
@@ -488,7 +477,7 @@ static void on_expired(const node__peer *p, void *arg)
     node__discovery *s = arg;
     char k[13];
     s->count.expired++;
-    node_log(NODE_LOG_INFO, "peer %s at %s:%u expired (silent for %u s)", short_key(p->pk, k),
+    node_log(NODE_LOG_INFO, "peer %s at %s:%u expired (silent for %u s)", node__short_hex(p->pk, k),
              p->ip, p->port, s->d->cfg.peer_timeout_s);
 }
 

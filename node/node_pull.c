@@ -589,24 +589,35 @@ static int find_pins(const cs_manifest_info *info, void *arg)
     return 0;
 }
 
+uint8_t *node__held_bits(cs_store *st, const cs_id *ids, size_t n, int *rc)
+{
+    uint8_t *bits = calloc(n / 8 + 1, 1);
+    *rc = bits ? 0 : -ENOMEM;
+    for (size_t off = 0; bits && off < n; off += 65536) {
+        int64_t held = cs_has(st, ids + off, n - off < 65536 ? n - off : 65536, bits + off / 8);
+        if (held < 0) {
+            free(bits);
+            *rc = (int)held;
+            return NULL;
+        }
+    }
+    return bits;
+}
+
+static bool bit_set(const uint8_t *bits, size_t i)
+{
+    return bits[i / 8] & (1u << (i % 8));
+}
+
 /* Keeps base[i] only where the store holds it (a delta against it can be applied here). */
 static int keep_held_bases(cs_store *st, cs_id *base, size_t n)
 {
-    uint8_t *bits = malloc(65536 / 8);
-    if (!bits) return -ENOMEM;
-    for (size_t off = 0; off < n; off += 65536) {
-        size_t k = n - off < 65536 ? n - off : 65536;
-        memset(bits, 0, 65536 / 8);
-        int64_t held = cs_has(st, base + off, k, bits);
-        if (held < 0) {
-            free(bits);
-            return (int)held;
-        }
-        for (size_t i = 0; i < k; i++)
-            if (!(bits[i / 8] & (1u << (i % 8)))) base[off + i] = cs_zero_id;
-    }
+    int rc;
+    uint8_t *bits = node__held_bits(st, base, n, &rc);
+    for (size_t i = 0; bits && i < n; i++)
+        if (!bit_set(bits, i)) base[i] = cs_zero_id;
     free(bits);
-    return 0;
+    return rc;
 }
 
 /* The distinct non-zero chunks of the manifest in its order, with the parent's chunk at the
@@ -668,24 +679,13 @@ static void plan_work(uv_work_t *w)
     j->unique = u;
     /* What is held already stays; the missing keep the manifest's order. */
     size_t nm = 0;
-    uint8_t *bits = malloc(65536 / 8);
+    uint8_t *bits = node__held_bits(st, all, u, &j->rc);
     if (!bits) {
         free(all), free(base);
-        j->rc = -ENOMEM;
         return;
     }
-    for (size_t off = 0; off < u; off += 65536) {
-        size_t n = u - off < 65536 ? u - off : 65536;
-        memset(bits, 0, 65536 / 8);
-        int64_t held = cs_has(st, all + off, n, bits);
-        if (held < 0) {
-            free(bits), free(all), free(base);
-            j->rc = (int)held;
-            return;
-        }
-        for (size_t i = 0; i < n; i++)
-            if (!(bits[i / 8] & (1u << (i % 8)))) base[nm] = base[off + i], all[nm++] = all[off + i];
-    }
+    for (size_t i = 0; i < u; i++)
+        if (!bit_set(bits, i)) base[nm] = base[i], all[nm++] = all[i];
     free(bits);
     j->held = u - nm;
     j->missing = all;
@@ -1659,8 +1659,8 @@ int node__pull_progress(node_daemon *d, const cs_id *id, void *arg, node__pull_p
     memset(out, 0, sizeof *out);
     node__pull *p = NULL;
     for (node__pull *q = d->xchg ? d->xchg->pulls : NULL; q && !p; q = q->next)
-        if (cs_id_equal(&q->id, id) && q->arg == arg) p = q;
-    for (node__pull *q = d->xchg ? d->xchg->pulls : NULL; q && !p; q = q->next)
+        if ((!id || cs_id_equal(&q->id, id)) && q->arg == arg) p = q;
+    for (node__pull *q = d->xchg ? d->xchg->pulls : NULL; id && q && !p; q = q->next)
         if (cs_id_equal(&q->id, id) && q->phase != P_DONE) p = q;
     if (!p) return CS_ENOTFOUND;
     out->planned = p->phase >= P_HAVE && p->missing; /* P_DONE after a plan too */

@@ -31,7 +31,6 @@
 #define TICK_MS      100
 #define REPORT_MS    1000
 #define IDS_SHOWN    8 /* under-replicated chunk ids named per manifest */
-#define HAS_BATCH    65536
 #define MAX_PARENTS  16 /* a manifest fetched from a peer: its missing ancestors, at most */
 
 /* ---- the view -------------------------------------------------------------------------------- */
@@ -302,17 +301,8 @@ static int list_manifests(rview *v, cs_store *st, char why[NODE_ERRMSG])
     if ((rc = cs_name_list(st, name_one, &nc)) < 0) return rc;
     /* This node's own holdings. */
     rnode *self = &v->nodes[0];
-    if (!(self->bits = calloc((size_t)v->nu / 8 + 1, 1))) return -ENOMEM;
-    for (uint32_t off = 0; off < v->nu; off += HAS_BATCH) {
-        uint32_t n = v->nu - off < HAS_BATCH ? v->nu - off : HAS_BATCH;
-        uint8_t bits[HAS_BATCH / 8] = {0};
-        int64_t held = cs_has(st, v->u + off, n, bits);
-        if (held < 0) return (int)held;
-        for (uint32_t i = 0; i < n; i++)
-            if (bits[i / 8] & (1u << (i % 8)))
-                self->bits[(off + i) / 8] |= (uint8_t)(1u << ((off + i) % 8));
-    }
-    return 0;
+    self->bits = node__held_bits(st, v->u, v->nu, &rc);
+    return rc;
 }
 
 static void list_work(uv_work_t *w)

@@ -42,8 +42,6 @@ xconn *node__xconn_new(node__exchange *x);
 /* Frees xc once its net_conn is closed and no work of it runs. */
 void node__xconn_maybe_free(xconn *xc);
 extern const net_conn_cbs node__xconn_cbs;
-/* The first 12 hex digits of a key, as logs and tables show it. */
-const char *node__short_hex(const uint8_t *k, char out[13]);
 
 /* node_pull.c: what a pull's connections tell it. */
 void node__pull_on_answer(xsource *s, uint8_t type, const uint8_t *payload, size_t len);

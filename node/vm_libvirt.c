@@ -830,6 +830,18 @@ static void *fifo_write(void *arg)
     return NULL;
 }
 
+void node_domain_name(const char *base, const cs_id *id, char *out, size_t cap)
+{
+    char hex[CS_ID_HEX + 1];
+    cs_id_to_hex(id, hex);
+    bool is_id = !base || !base[0] ||
+                 (strlen(base) == CS_ID_HEX && strspn(base, "0123456789abcdefABCDEF") == CS_ID_HEX);
+    unsigned char rnd[3] = {0};
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) memset(rnd, 0, sizeof rnd);
+    snprintf(out, cap, "%s%.*s-%02x%02x%02x", is_id ? "vm-" : base, is_id ? 12 : 0, hex, rnd[0],
+             rnd[1], rnd[2]);
+}
+
 /* Accelerator detection (about a second when /dev/kvm is a slow shim) runs while the disk is
  * written. */
 struct detect_job {
