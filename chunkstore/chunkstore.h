@@ -283,6 +283,14 @@ typedef struct cs_reader cs_reader;
  */
 void cs_arrivals_begin(cs_store *st);
 void cs_arrivals_end(cs_store *st);
+/*
+ * cs_get of chunks that may still be on their way in: a chunk the store lacks is waited for
+ * while a fetch runs (cs_arrivals_begin), and is CS_ENOTFOUND (*bad its index) only once none
+ * runs any more. With out NULL it only waits until the store holds all n. stop (may be NULL)
+ * is asked every 100 ms while waiting; when it returns true the call returns -ECANCELED.
+ */
+int cs_get_arriving(cs_store *st, const cs_id *ids, size_t n, void *out, size_t *bad,
+                    bool (*stop)(void *), void *arg) CS_WUR;
 int cs_reader_open(cs_store *st, const cs_image *im, unsigned threads, cs_reader **out) CS_WUR;
 int cs_reader_next(cs_reader *r, uint64_t *first, size_t *n, const uint8_t **data,
                    uint64_t *bad) CS_WUR;

@@ -64,10 +64,6 @@ struct cs_store {
 
 /* Chunks were committed: wakes readers waiting in cs__arrival_wait. */
 void cs__arrivals_committed(cs_store *st);
-/* A reader met chunk id missing: waits until a commit made while fetches run, then returns 0
- * when the store has id (read again), CS_ENOTFOUND when no fetch runs any more and it is still
- * missing, or 1 when *stop became true (checked every 100 ms). */
-int cs__arrival_wait(cs_store *st, const cs_id *id, const bool *stop, pthread_mutex_t *stop_mu);
 
 /* Error translation: an LMDB return code to the project convention. */
 int cs__lmdb_err(int rc);

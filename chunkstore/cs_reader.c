@@ -41,6 +41,15 @@ struct cs_reader {
     struct slot *held; /* handed to the consumer, freed at its next call */
 };
 
+static bool closing(void *arg)
+{
+    cs_reader *r = arg;
+    pthread_mutex_lock(&r->mu);
+    bool stop = r->stop;
+    pthread_mutex_unlock(&r->mu);
+    return stop;
+}
+
 static void *worker(void *arg)
 {
     cs_reader *r = arg;
@@ -64,12 +73,9 @@ static void *worker(void *arg)
         size_t bad = 0;
         int rc = ids ? 0 : -ENOMEM;
         if (rc == 0) memcpy(ids, r->im->chunks + first, n * sizeof *ids);
-        /* A chunk still on its way (cs_arrivals_begin): wait for it, then read again. */
-        while (rc == 0 && (rc = cs_get(r->st, ids, n, s->data, &bad)) == CS_ENOTFOUND) {
-            int w = cs__arrival_wait(r->st, &ids[bad], &r->stop, &r->mu);
-            if (w == 1) break; /* closing: the slot is never read */
-            rc = w;            /* 0: it came, read again */
-        }
+        /* A chunk still on its way (cs_arrivals_begin) is waited for; -ECANCELED means the
+         * reader is closing, and the slot is never read. */
+        if (rc == 0) rc = cs_get_arriving(r->st, ids, n, s->data, &bad, closing, r);
 
         pthread_mutex_lock(&r->mu);
         s->rc = rc;

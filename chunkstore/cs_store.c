@@ -619,7 +619,10 @@ void cs__arrivals_committed(cs_store *st)
     pthread_mutex_unlock(&st->arr_mu);
 }
 
-int cs__arrival_wait(cs_store *st, const cs_id *id, const bool *stop, pthread_mutex_t *stop_mu)
+/* A reader met chunk id missing: waits until a commit made while fetches run, then returns 0
+ * when the store has id (read again), CS_ENOTFOUND when no fetch runs any more and it is still
+ * missing, or -ECANCELED when stop(arg) says so (asked every 100 ms). */
+static int arrival_wait(cs_store *st, const cs_id *id, bool (*stop)(void *), void *arg)
 {
     for (;;) {
         pthread_mutex_lock(&st->arr_mu);
@@ -632,7 +635,7 @@ int cs__arrival_wait(cs_store *st, const cs_id *id, const bool *stop, pthread_mu
         if (held > 0) return 0;
         if (!fetches) return CS_ENOTFOUND;
         /* Wait for the next commit (or the last fetch to end), waking now and then to see
-         * whether the reader is being closed. */
+         * whether the caller gives up. */
         pthread_mutex_lock(&st->arr_mu);
         while (st->arr_commits == seen && st->arr_fetches) {
             struct timespec ts;
@@ -640,15 +643,50 @@ int cs__arrival_wait(cs_store *st, const cs_id *id, const bool *stop, pthread_mu
             ts.tv_nsec += 100 * 1000000L;
             if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
             pthread_cond_timedwait(&st->arr_cv, &st->arr_mu, &ts);
-            pthread_mutex_lock(stop_mu);
-            bool stopping = *stop;
-            pthread_mutex_unlock(stop_mu);
-            if (stopping) {
+            if (stop && stop(arg)) {
                 pthread_mutex_unlock(&st->arr_mu);
-                return 1;
+                return -ECANCELED;
             }
         }
         pthread_mutex_unlock(&st->arr_mu);
+    }
+}
+
+/* The first chunk of ids[from..n) the store lacks, n when it holds them all. */
+static int64_t first_missing(cs_store *st, const cs_id *ids, size_t from, size_t n)
+{
+    uint8_t bits[512];
+    while (from < n) {
+        size_t k = n - from < sizeof bits * 8 ? n - from : sizeof bits * 8;
+        int64_t held = cs_has(st, ids + from, k, bits);
+        if (held < 0) return held;
+        if ((size_t)held < k)
+            for (size_t i = 0; i < k; i++)
+                if (!(bits[i / 8] & (1u << (i % 8)))) return (int64_t)(from + i);
+        from += k;
+    }
+    return (int64_t)n;
+}
+
+int cs_get_arriving(cs_store *st, const cs_id *ids, size_t n, void *out, size_t *bad,
+                    bool (*stop)(void *), void *arg)
+{
+    size_t from = 0; /* without out: ids[0..from) are known held */
+    for (;;) {
+        size_t b = 0;
+        int rc;
+        if (out) {
+            rc = cs_get(st, ids, n, out, &b);
+        } else {
+            int64_t m = first_missing(st, ids, from, n);
+            if (m < 0) return (int)m;
+            rc = (size_t)m < n ? CS_ENOTFOUND : 0;
+            b = from = (size_t)m;
+        }
+        if (rc == CS_ENOTFOUND && (rc = arrival_wait(st, &ids[b], stop, arg)) == 0)
+            continue; /* it came: read again */
+        if (bad) *bad = b;
+        return rc;
     }
 }
 

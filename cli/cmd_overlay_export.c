@@ -14,7 +14,8 @@ static const char usage[] =
     "changed chunks as zstd deltas against the parent's chunk at the same place where that\n"
     "is smaller, the rest in one long-window stream. `cloudlet overlay import` on a node\n"
     "that holds the parent restores the VM from it. FILE - writes to standard output.\n\n"
-    "  --level N    zstd level, 1..19 (default 19)\n"
+    "  --level N    zstd level, 1..22 (default 22, the smallest; 19 takes about two thirds\n"
+    "               of the time for a package about 2 % larger)\n"
     "  --json       machine-readable report\n"
     "  --home DIR   the node home\n";
 
@@ -27,14 +28,14 @@ int cmd_overlay_export(int argc, char **argv)
                                          {"level", required_argument, NULL, OPT_LEVEL},
                                          {0}};
     cli_common co = {0};
-    int level = 19, c;
+    int level = NODE_OVERLAY_LEVEL, c;
     while ((c = cli_getopt(argc, argv, "h", opts, usage, &co)) != -1) {
         if (c == '?') return CLI_USAGE;
         if (c == OPT_LEVEL) {
             char *end;
             long v = strtol(optarg, &end, 10);
-            if (*end || v < 1 || v > 19)
-                return cli_usage_error(usage, argv[0], "--level takes 1..19, not %s", optarg);
+            if (*end || v < 1 || v > 22)
+                return cli_usage_error(usage, argv[0], "--level takes 1..22, not %s", optarg);
             level = (int)v;
         }
     }

@@ -36,9 +36,10 @@ typedef struct node_overlay_report {
  * Writes the overlay package of manifest id to fd: the manifest plus every chunk it names that
  * its parent VM does not hold (all its chunks for a manifest without parent), each changed chunk
  * as a zstd delta against the parent's chunk at the same place when that is clearly smaller,
- * the rest in one long-window zstd stream at zstd level `level` (0 = 19). Sequential writes
- * only: fd may be a pipe.
+ * the rest in one long-window zstd stream at zstd level `level` (0 = NODE_OVERLAY_LEVEL).
+ * Sequential writes only: fd may be a pipe.
  */
+#define NODE_OVERLAY_LEVEL 22 /* zstd's highest: a package is made once and sent many times */
 int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
                         cs_progress_fn progress, void *arg, node_overlay_report *report,
                         char err[NODE_ERRMSG]);

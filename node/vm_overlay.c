@@ -31,6 +31,7 @@
 #include "node_internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -46,6 +47,8 @@
 #define OV_TRAILER (4u + 32u) /* carried manifest length, hash */
 #define OV_WLOG_MIN 10u
 #define OV_WLOG_MAX NODE__OVERLAY_WLOG_MAX
+#define OV_FLAG_ZMANIFEST 1u     /* the carried manifest is one zstd frame */
+#define OV_ZMANIFEST_MAX (64u << 20) /* what such a frame may decompress to */
 #define DELTA_MAX NODE__DELTA_MAX
 #define MAX_POSITIONS (1u << 25) /* what cs_manifest_decode accepts */
 #define MF_XML_MAX (16u << 20)
@@ -241,7 +244,7 @@ int node__overlay_parse(const uint8_t *buf, size_t len, node__overlay_pkg *out, 
         node__errf(err, "overlay package is truncated (%zu bytes)", len);
         return CS_EFORMAT;
     }
-    if (buf[5] != 0 || buf[7] != 0) {
+    if ((buf[5] & ~OV_FLAG_ZMANIFEST) != 0 || buf[7] != 0) {
         node__errf(err, "unknown flags in the overlay header");
         return CS_EFORMAT;
     }
@@ -267,11 +270,36 @@ int node__overlay_parse(const uint8_t *buf, size_t len, node__overlay_pkg *out, 
     }
     out->stream = buf + OV_HDR;
     out->slen = len - OV_HDR - OV_TRAILER - (size_t)mlen;
+    const uint8_t *carried = buf + OV_HDR + out->slen;
+    uint8_t *plain = NULL;
+    if (buf[5] & OV_FLAG_ZMANIFEST) {
+        /* One frame that says how large it is, within bounds: the importer's memory does not
+         * follow what a small hostile frame claims. */
+        unsigned long long size = ZSTD_getFrameContentSize(carried, (size_t)mlen);
+        size_t zl = ZSTD_findFrameCompressedSize(carried, (size_t)mlen);
+        if (size == ZSTD_CONTENTSIZE_UNKNOWN || size == ZSTD_CONTENTSIZE_ERROR ||
+            size > OV_ZMANIFEST_MAX || ZSTD_isError(zl) || zl != mlen) {
+            node__errf(err, "the package's compressed manifest is malformed");
+            return CS_EFORMAT;
+        }
+        if (!(plain = malloc(size ? (size_t)size : 1))) {
+            node__errf(err, "out of memory reading the package's manifest");
+            return -ENOMEM;
+        }
+        size_t got = ZSTD_decompress(plain, (size_t)size, carried, (size_t)mlen);
+        if (ZSTD_isError(got) || got != size) {
+            free(plain);
+            node__errf(err, "the package's compressed manifest does not decompress");
+            return CS_ECORRUPT;
+        }
+        carried = plain, mlen = size;
+    }
     struct canon c = {.p = out};
-    struct mwalk w = {.p = buf + OV_HDR + out->slen, .len = (size_t)mlen, .carried = true,
+    struct mwalk w = {.p = carried, .len = (size_t)mlen, .carried = true,
                       .copy = canon_copy, .pos = canon_pos, .arg = &c};
     c.w = &w;
     int rc = manifest_walk(&w);
+    free(plain);
     for (size_t i = 0; rc == 0 && i < out->nrefs; i++)
         if (out->refs[i].image == NODE__OVERLAY_CARRIED && out->refs[i].pos >= out->ncarried)
             rc = CS_EFORMAT; /* names a carried chunk the package does not carry */
@@ -371,7 +399,9 @@ int node__overlay_delta_decode(ZSTD_DCtx *d, const uint8_t *base, const uint8_t 
 /* ---- export ---------------------------------------------------------------------------------- */
 
 struct writer {
-    int fd;
+    int fd;          /* -1: into mem */
+    uint8_t *mem;
+    size_t mlen, mcap;
     crypto_generichash_state h;
     uint8_t buf[1 << 16];
     size_t n;
@@ -381,7 +411,21 @@ struct writer {
 
 static void w_flush(struct writer *w)
 {
-    for (size_t off = 0; off < w->n && !w->err;) {
+    if (w->fd < 0 && w->n && !w->err) {
+        if (w->mlen + w->n > w->mcap) {
+            size_t cap = w->mcap ? w->mcap : 1 << 16;
+            while (cap < w->mlen + w->n) cap *= 2;
+            uint8_t *m = realloc(w->mem, cap);
+            if (!m) {
+                w->err = -ENOMEM;
+                return;
+            }
+            w->mem = m, w->mcap = cap;
+        }
+        memcpy(w->mem + w->mlen, w->buf, w->n);
+        w->mlen += w->n;
+    }
+    for (size_t off = 0; w->fd >= 0 && off < w->n && !w->err;) {
         ssize_t r = write(w->fd, w->buf + off, w->n - off);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) w->err = errno == ENOSPC || errno == EFBIG ? CS_EFULL : -errno;
@@ -656,12 +700,12 @@ int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
     struct cand *pset = NULL, *byid = NULL;
     size_t npset = 0;
     struct cand *cands = NULL;
-    struct writer *w = calloc(1, sizeof *w);
+    struct writer *w = calloc(1, sizeof *w), *mem = NULL;
     struct export x = {.st = st, .rep = &rep, .w = w};
     uint8_t *raw = NULL;
     size_t rawlen = 0;
     char hex[CS_ID_HEX + 1];
-    if (!level) level = 19;
+    if (!level) level = NODE_OVERLAY_LEVEL;
     int rc = w ? cs_manifest_get(st, id, &m) : -ENOMEM;
     if (rc) {
         node__errf(err, "manifest %s: %s", cs_id_to_hex(id, hex),
@@ -721,21 +765,48 @@ int node_overlay_export(cs_store *st, const cs_id *id, int fd, int level,
     }
     ZSTD_CCtx_setParameter(x.cctx, ZSTD_c_compressionLevel, level);
     ZSTD_CCtx_setParameter(x.cctx, ZSTD_c_windowLog, (int)wlog);
+    /* The stream's size, at most: zstd sizes its match tables by it (a small package at level
+     * 22 would otherwise take 650 MiB of tables). The parameter is zstd's srcSizeHint, not in
+     * its stable API; a library that refuses it costs memory, never correctness. */
+    uint64_t hint = (uint64_t)u * (CS_CHUNK_SIZE + 2);
+    ZSTD_CCtx_setParameter(x.cctx, ZSTD_c_experimentalParam7, hint < INT_MAX ? (int)hint : INT_MAX);
     ZSTD_CCtx_setParameter(x.cctx, ZSTD_c_enableLongDistanceMatching, 1);
     w->fd = fd;
     crypto_generichash_init(&w->h, NULL, 0, 32);
-    uint8_t hdr[OV_HDR] = {'C', 'L', 'O', 'V', OV_VERSION, 0, (uint8_t)wlog, 0};
+    /* The carried manifest is compressed (ids of the parent's chunks are small varints, and
+     * tags repeat): it is never larger than the canonical one, which bounds the frame. */
+    bool zman = rawlen <= OV_ZMANIFEST_MAX;
+    uint8_t hdr[OV_HDR] = {'C', 'L', 'O', 'V', OV_VERSION, zman ? OV_FLAG_ZMANIFEST : 0,
+                           (uint8_t)wlog, 0};
     memcpy(hdr + 8, id->b, CS_ID_BYTES);
     w_bytes(w, hdr, sizeof hdr);
     if ((rc = export_cands(&x, cands, u, progress, arg))) goto fail;
     uint64_t before = w->total;
-    struct carry c = {.w = w, .cands = cands, .isdelta = x.isdelta, .n = u, .parent = pset,
-                      .nparent = npset, .byid = byid};
+    if (zman && !(mem = calloc(1, sizeof *mem))) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    if (mem) mem->fd = -1;
+    struct carry c = {.w = mem ? mem : w, .cands = cands, .isdelta = x.isdelta, .n = u,
+                      .parent = pset, .nparent = npset, .byid = byid};
     struct mwalk mw = {.p = raw, .len = rawlen, .copy = carry_copy, .pos = carry_pos, .arg = &c};
     if ((rc = manifest_walk(&mw))) goto fail;
     if (c.next != u) { /* a candidate the walk did not meet: the stored manifest is not canonical */
         rc = CS_ECORRUPT;
         goto fail;
+    }
+    if (mem) {
+        w_flush(mem);
+        size_t cap = ZSTD_compressBound(mem->mlen);
+        uint8_t *z = mem->err ? NULL : malloc(cap);
+        size_t zl = z ? ZSTD_compress(z, cap, mem->mem, mem->mlen, level) : 0;
+        if (!z || ZSTD_isError(zl)) {
+            free(z);
+            rc = mem->err ? mem->err : z ? CS_EZSTD : -ENOMEM;
+            goto fail;
+        }
+        w_bytes(w, z, zl);
+        free(z);
     }
     w_le(w, w->total - before, 4);
     uint8_t h[32];
@@ -753,6 +824,7 @@ out:
     ZSTD_freeCCtx(x.dcctx);
     ZSTD_freeCCtx(x.est);
     free(x.in), free(x.out), free(x.isdelta), free(raw), free(cands), free(pset), free(byid), free(w);
+    if (mem) free(mem->mem), free(mem);
     cs_manifest_free(m);
     cs_manifest_free(p);
     return rc;

@@ -3,8 +3,10 @@
 #include "chunkstore.h"
 #include "testlib.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -233,8 +235,85 @@ static void reader_follows_chunks_as_they_arrive(void)
     free(dir);
 }
 
+static bool stop_now(void *arg)
+{
+    return __atomic_load_n((int *)arg, __ATOMIC_ACQUIRE) != 0;
+}
+
+struct getter {
+    cs_store *st;
+    const cs_id *ids;
+    size_t n;
+    int *stop;
+    int rc;
+    size_t bad;
+};
+
+static void *get_waiting(void *arg)
+{
+    struct getter *g = arg;
+    g->rc = cs_get_arriving(g->st, g->ids, g->n, NULL, &g->bad, stop_now, g->stop);
+    return NULL;
+}
+
+/* cs_get_arriving reads chunks that come while it waits, or only waits for them all (out
+ * NULL); it names the chunk a fetch ended without, and gives up when asked to. */
+static void get_arriving_waits_names_and_gives_up(void)
+{
+    char *dir = tl_tmpdir();
+    cs_store *st;
+    CHECK_OK(cs_open(dir, CS_OPEN_CREATE, &st));
+    size_t n = 200;
+    uint8_t *data = malloc(n * CS_CHUNK_SIZE), *got = malloc(n * CS_CHUNK_SIZE);
+    cs_id *ids = malloc(n * sizeof *ids);
+    for (int round = 0; round < 3; round++) {
+        tl_fill_random(data, n * CS_CHUNK_SIZE, 100 + (uint64_t)round);
+        for (size_t i = 0; i < n; i++) cs_chunk_id(data + i * CS_CHUNK_SIZE, &ids[i]);
+        ids[5] = cs_zero_id, memset(data + 5 * CS_CHUNK_SIZE, 0, CS_CHUNK_SIZE);
+        struct feeder f = {st, data, ids, n, round == 2 ? n : n - 1};
+        cs_arrivals_begin(st);
+        pthread_t t;
+        CHECK_OK(pthread_create(&t, NULL, feed, &f));
+        size_t bad = 0;
+        if (round == 0) { /* read: the last chunk never comes, and is named */
+            CHECK_EQ(cs_get_arriving(st, ids, n, got, &bad, NULL, NULL), CS_ENOTFOUND);
+            CHECK_EQ(bad, n - 1);
+            CHECK_OK(pthread_join(t, NULL));
+        } else if (round == 1) { /* wait only, and the same */
+            CHECK_EQ(cs_get_arriving(st, ids, n, NULL, &bad, NULL, NULL), CS_ENOTFOUND);
+            CHECK_EQ(bad, n - 1);
+            CHECK_OK(pthread_join(t, NULL));
+        } else { /* all come: the bytes are right, and waiting alone ends too */
+            CHECK_OK(cs_get_arriving(st, ids, n, got, &bad, NULL, NULL));
+            CHECK_MEM(got, data, n * CS_CHUNK_SIZE);
+            CHECK_OK(cs_get_arriving(st, ids, n, NULL, &bad, NULL, NULL));
+            CHECK_OK(pthread_join(t, NULL));
+        }
+    }
+    /* A chunk that never comes while a fetch runs: the waiter gives up when told to. */
+    tl_fill_random(data, CS_CHUNK_SIZE, 999);
+    cs_chunk_id(data, &ids[0]);
+    cs_arrivals_begin(st);
+    int stop = 0;
+    struct getter g = {st, ids, 1, &stop, 1, 7};
+    pthread_t t;
+    CHECK_OK(pthread_create(&t, NULL, get_waiting, &g));
+    usleep(150 * 1000);
+    CHECK_EQ(g.rc, 1); /* still waiting */
+    __atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
+    CHECK_OK(pthread_join(t, NULL));
+    CHECK_EQ(g.rc, -ECANCELED);
+    CHECK_EQ(g.bad, 0);
+    cs_arrivals_end(st);
+    free(data), free(got), free(ids);
+    cs_close(st);
+    tl_rmtree(dir);
+    free(dir);
+}
+
 TL_MAIN(TL_CASE(sparse_file_round_trips_and_its_holes_are_never_stored),
         TL_CASE(import_reports_what_happened_to_each_chunk),
         TL_CASE(reader_delivers_batches_in_order_whatever_the_workers_do),
         TL_CASE(export_names_the_position_of_a_missing_chunk),
-        TL_CASE(reader_follows_chunks_as_they_arrive))
+        TL_CASE(reader_follows_chunks_as_they_arrive),
+        TL_CASE(get_arriving_waits_names_and_gives_up))

@@ -246,6 +246,34 @@ static void old_version_is_refused(void)
     teardown(&w);
 }
 
+/* The carried manifest travels as one zstd frame (flag 1); other flags are refused, and so is
+ * a compressed manifest read as raw or a raw one read as compressed. */
+static void manifest_flag_is_checked(void)
+{
+    struct world w;
+    build(&w, true);
+    size_t len;
+    node_overlay_report r;
+    uint8_t *pkg = export_pkg(&w, &len, &r);
+    CHECK_EQ(pkg[5], 1);
+    char err[NODE_ERRMSG];
+    cs_id id;
+    pkg[5] = 3;
+    rehash(pkg, len);
+    CHECK_EQ(node_overlay_import(w.b, pkg, len, &id, NULL, NULL, NULL, err), CS_EFORMAT);
+    CHECK(strstr(err, "unknown flags") != NULL);
+    pkg[5] = 0; /* the frame taken for a raw manifest */
+    rehash(pkg, len);
+    CHECK_EQ(node_overlay_import(w.b, pkg, len, &id, NULL, NULL, NULL, err), CS_EFORMAT);
+    CHECK(strstr(err, "manifest is malformed") != NULL);
+    store_is_unchanged(&w);
+    pkg[5] = 1;
+    rehash(pkg, len);
+    CHECK_OK(node_overlay_import(w.b, pkg, len, &id, NULL, NULL, NULL, err));
+    free(pkg);
+    teardown(&w);
+}
+
 static void every_truncation_is_refused_and_stores_nothing(void)
 {
     struct world w;
@@ -473,7 +501,8 @@ TL_MAIN(TL_CASE(import_restores_the_vm_bit_exactly), TL_CASE(package_holds_only_
         TL_CASE(damaged_or_truncated_package_stores_nothing),
         TL_CASE(tampered_package_with_a_valid_hash_stores_nothing),
         TL_CASE(missing_parent_is_named_in_the_error), TL_CASE(parent_without_its_chunks_is_refused),
-        TL_CASE(old_version_is_refused), TL_CASE(every_truncation_is_refused_and_stores_nothing),
+        TL_CASE(old_version_is_refused), TL_CASE(manifest_flag_is_checked),
+        TL_CASE(every_truncation_is_refused_and_stores_nothing),
         TL_CASE(flipped_byte_in_the_stream_is_refused_and_stores_nothing),
         TL_CASE(oversized_declared_window_is_refused), TL_CASE(carried_chunk_ids_do_not_travel),
         TL_CASE(large_root_package_imports_bit_exactly))
