@@ -116,7 +116,8 @@ static void on_progress(const cl_progress *p, void *arg)
     double s = p->elapsed_ms / 1e3, rate = s > 0 ? (double)p->fetch_done / s : 0;
     if (rate > 0 && n < (int)sizeof line - 80) {
         n += snprintf(line + n, sizeof line - (size_t)n, "  %s/s", cli_bytes((uint64_t)rate, a));
-        if (p->stage == CL_STAGE_TRANSFER && p->fetch_total > p->fetch_done)
+        if ((p->stage == CL_STAGE_TRANSFER || p->stage == CL_STAGE_RUNNING) &&
+            p->fetch_total > p->fetch_done)
             snprintf(line + n, sizeof line - (size_t)n, "  ETA %.0f s",
                      (double)(p->fetch_total - p->fetch_done) / rate);
     }
@@ -214,6 +215,7 @@ static void print_json_result(int rc, const cl_node *node, const cl_node *nodes,
                "\"restore_s\": %.3f, \"total_s\": %.3f",
                r->resolve_ms / 1e3, r->transfer_ms / 1e3, r->apply_ms / 1e3, r->restore_ms / 1e3,
                r->total_ms / 1e3);
+    if (r->running_ms) printf(", \"running_s\": %.3f", r->running_ms / 1e3);
     else
         printf(", \"stage\": \"%s\"", cl_stage_name(r->last.stage));
     printf(", \"sources\": ");
@@ -301,10 +303,12 @@ static int launch_remote(const char *cmd, const cli_common *co, const remote *rm
         printf("domain   %s (uuid %s, %s)\n", r->domain, r->uuid, r->accel);
         if (r->console[0]) printf("console  %s (on the node)\n", r->console);
         if (r->address[0]) printf("address  %s\n", r->address);
-        printf("resolve  %.3f s\ntransfer %.3f s\napply    %.3f s\nrestore  %.3f s\n"
-               "total    %.3f s\n",
-               r->resolve_ms / 1e3, r->transfer_ms / 1e3, r->apply_ms / 1e3, r->restore_ms / 1e3,
-               r->total_ms / 1e3);
+        printf("resolve  %.3f s\ntransfer %.3f s\napply    %.3f s\nrestore  %.3f s\n",
+               r->resolve_ms / 1e3, r->transfer_ms / 1e3, r->apply_ms / 1e3, r->restore_ms / 1e3);
+        if (r->running_ms)
+            printf("running  after %.3f s (resumed while its disk still arrived)\n",
+                   r->running_ms / 1e3);
+        printf("total    %.3f s\n", r->total_ms / 1e3);
         print_sources(r->src, r->nsources, &r->last);
         printf("%s\n", r->domain);
     }

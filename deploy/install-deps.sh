@@ -12,8 +12,10 @@ if [ "$want" = test ] || [ "$want" = slow ]; then
     # makes the libvirt-qemu user QEMU runs as), virsh, and what tests/vm/build-guest.sh
     # builds the test guest with (busybox-static, cpio, kmod; the kernel is fetched with
     # apt-get download).
-    pkgs+=(python3 util-linux qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu
-           libvirt-clients busybox-static cpio kmod
+    # qemu-utils: qemu-img, which makes a launch's disk overlay (early start) and which the
+    # NBD tests use as a real client.
+    pkgs+=(python3 util-linux qemu-system-x86 qemu-utils libvirt-daemon-system
+           libvirt-daemon-driver-qemu libvirt-clients busybox-static cpio kmod
            iproute2 iptables)  # the network-namespace tests (ip netns, veth, bridge; loss)
 fi
 if [ "$want" = slow ]; then

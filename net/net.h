@@ -530,6 +530,8 @@ typedef enum net_launch_stage {
     NET_LAUNCH_TRANSFER = 2, /* fetching chunks (the VM is written as they arrive) */
     NET_LAUNCH_APPLY = 3,    /* writing what is left of the VM once every chunk is here */
     NET_LAUNCH_RESTORE = 4,  /* libvirt restores (or boots) the domain */
+    NET_LAUNCH_RUNNING = 5,  /* the VM runs while chunks still arrive (early start): the
+                                origin is still needed */
 } net_launch_stage;
 typedef enum net_source_kind {
     NET_SOURCE_LOCAL = 0,     /* held by the node before the launch */

@@ -252,7 +252,7 @@ int net_launch_decode_req(const uint8_t *p, size_t len, net_launch_req *out)
 
 static bool progress_ok(const net_launch_progress *q)
 {
-    return q->stage >= NET_LAUNCH_RESOLVE && q->stage <= NET_LAUNCH_RESTORE &&
+    return q->stage >= NET_LAUNCH_RESOLVE && q->stage <= NET_LAUNCH_RUNNING &&
            q->fetch_done <= q->fetch_total && q->vm_done <= q->vm_total;
 }
 
@@ -367,6 +367,7 @@ const char *net_launch_stage_name(uint8_t stage)
     case NET_LAUNCH_TRANSFER: return "transfer";
     case NET_LAUNCH_APPLY: return "apply";
     case NET_LAUNCH_RESTORE: return "restore";
+    case NET_LAUNCH_RUNNING: return "running";
     default: return "?";
     }
 }

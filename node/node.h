@@ -110,7 +110,9 @@ int node_vm_import(cs_store *st, const node_vm_import_opts *o, cs_id *id,
 
 typedef struct node_synth_report {
     double resolve_s;     /* loading and resolving the manifest chain */
-    double disk_s;        /* writing disk.raw */
+    double disk_s;        /* writing disk.raw; early: the NBD server and the overlay */
+    double resumed_s;     /* from the start until the VM ran */
+    double complete_s;    /* early: from then until the disk was whole in disk.qcow2 */
     uint64_t disk_bytes;  /* logical bytes of the disk */
     uint64_t disk_written;/* non-zero bytes written (the rest are holes) */
     double memory_s;      /* writing memory.save (0 for a VM without memory snapshot) */
@@ -153,6 +155,8 @@ typedef struct node_vm_xml_edit {
     const char *name;         /* the <name> */
     const char *uuid;         /* the <uuid> (inserted after <name> when absent) */
     const char *disk;         /* the source file of the first <disk device='disk'> */
+    const char *disk_nbd;     /* with disk: that file is a qcow2 overlay whose backing is the
+                                 NBD export on this Unix socket (vm_nbd.h) */
     node_accel accel;         /* <domain type=…>: kvm or qemu; AUTO leaves it */
     const char *serial_sock;  /* the first <serial type='unix'>'s socket, wherever its path is */
     const char *serial_log;   /* that serial's <log file=…>, wherever that path is */
@@ -190,13 +194,24 @@ typedef struct node_launch_opts {
                          domain.xml and the console socket and log while the domain runs */
     bool fifo;        /* stream the save file through a FIFO into the restore */
     node_accel accel; /* AUTO: node_accel_detect */
+    /* Early start (a VM with memory only): resume once the memory is written, before every
+     * disk chunk has arrived. The disk is disk.qcow2, an overlay whose backing file is the
+     * disk image served from the store over NBD (vm_nbd.h; reads of chunks still on their way
+     * wait for them); once the store holds the whole image, libvirt pulls it into the overlay
+     * and the NBD server stops. */
+    bool early;
+    void (*resumed)(void *arg); /* early (may be NULL): called on the launch's thread once the
+                                   VM runs, before the disk is complete */
+    void *resumed_arg;
 } node_launch_opts;
 
 typedef struct node_launch_report {
     node_accel accel;
     bool booted;          /* a VM without memory snapshot: booted, not resumed */
     double resolve_s;     /* loading and resolving the manifest chain */
-    double disk_s;        /* writing disk.raw */
+    double disk_s;        /* writing disk.raw; early: the NBD server and the overlay */
+    double resumed_s;     /* from the start until the VM ran */
+    double complete_s;    /* early: from then until the disk was whole in disk.qcow2 */
     double memory_s;      /* writing the save file (with fifo: while restore reads it) */
     double restore_s;     /* virDomainRestoreFlags (or virDomainCreateXML when booted); with
                              fifo it overlaps memory_s */
@@ -336,6 +351,8 @@ typedef struct node_config {
     char launch_dir[512];            /* launch directories go here; default
                                         /var/tmp/cloudlet-launch */
     unsigned max_launches;           /* launches for apps under way at once; default 8 */
+    bool early_start;                /* resume a launch's VM once its memory is here, the disk
+                                        served from the store meanwhile; default on */
 } node_config;
 
 /* The defaults: what a node on a LAN runs with when it has no configuration file. */

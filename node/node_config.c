@@ -33,6 +33,7 @@ void node_config_defaults(node_config *cfg)
     snprintf(cfg->libvirt_uri, sizeof cfg->libvirt_uri, "qemu:///system");
     snprintf(cfg->launch_dir, sizeof cfg->launch_dir, "/var/tmp/cloudlet-launch");
     cfg->max_launches = 8;
+    cfg->early_start = true;
 }
 
 /* "host:port", "[v6]:port"; port 0 only where any_port (the listen address: the system picks
@@ -125,6 +126,7 @@ static int set_key(node_config *c, const char *k, const char *v, unsigned line, 
     if (!strcmp(k, "listen")) ok = parse_addr_port(v, &c->listen, true);
     else if (!strcmp(k, "multicast")) ok = parse_addr(v, &c->multicast);
     else if (!strcmp(k, "discovery")) ok = parse_bool(v, &c->discovery);
+    else if (!strcmp(k, "early_start")) ok = parse_bool(v, &c->early_start);
     else if (!strcmp(k, "peer")) {
         if (c->npeers == NODE_MAX_STATIC_PEERS) {
             node__errf(err, "line %u: more than %d static peers", line, NODE_MAX_STATIC_PEERS);

@@ -54,6 +54,7 @@ struct node__launch {
     /* Written by the thread; read on the loop after it signalled its end (thread_done), except
      * the progress counters, which are atomic. */
     atomic_bool thread_done;
+    atomic_bool vm_running; /* early start: the VM runs while chunks still arrive */
     atomic_uint_fast64_t vm_done, vm_total;
     uint64_t cur_total, cur_base, cur_done;
     node_launch_opts opts;
@@ -130,7 +131,7 @@ static void send_progress(node__launch *l, uint64_t now)
     if (!l->pp.planned && !l->thread_started)
         pr.stage = NET_LAUNCH_RESOLVE;
     else if (!l->pulled)
-        pr.stage = NET_LAUNCH_TRANSFER;
+        pr.stage = atomic_load(&l->vm_running) ? NET_LAUNCH_RUNNING : NET_LAUNCH_TRANSFER;
     else if (vm_total == 0 || vm_done < vm_total) /* (0: not known yet) */
         pr.stage = NET_LAUNCH_APPLY;
     else
@@ -168,7 +169,10 @@ static void finish(node__launch *l)
         r->resolve_ms = ms_between(l->t0, planned);
         r->transfer_ms = ms_between(planned, pulled);
         uint64_t end = l->t_thread_end ? l->t_thread_end : now;
-        r->apply_ms = ms_between(pulled, end > restore ? end - restore : end);
+        /* Early start restored before the transfer ended: what follows it is the disk's pull
+         * into the overlay. */
+        bool early = atomic_load(&l->vm_running) && l->rep.complete_s > 0;
+        r->apply_ms = ms_between(pulled, early || end <= restore ? end : end - restore);
         r->restore_ms = ok ? restore : 0;
         r->total_ms = ms_between(l->t0, now);
         r->nsources = fill_sources(l, r->src);
@@ -220,6 +224,13 @@ static void on_vm_progress(uint64_t done, uint64_t total, void *arg)
 
 static uint64_t vm_size(node__launch *l);
 
+static void on_resumed(void *arg)
+{
+    node__launch *l = arg;
+    atomic_store(&l->vm_running, true);
+    uv_async_send(&l->async); /* the app hears of it at once */
+}
+
 static void run(void *arg)
 {
     node__launch *l = arg;
@@ -232,7 +243,10 @@ static void run(void *arg)
 static void on_thread_done(uv_async_t *h)
 {
     node__launch *l = h->data;
-    if (!atomic_load(&l->thread_done) || l->thread_joined) return;
+    if (!atomic_load(&l->thread_done) || l->thread_joined) {
+        if (atomic_load(&l->vm_running) && !l->ended) send_progress(l, uv_now(&l->d->loop));
+        return;
+    }
     uv_thread_join(&l->thread);
     l->thread_joined = true;
     l->t_thread_end = uv_now(&l->d->loop);
@@ -261,7 +275,10 @@ static void start_thread(node__launch *l)
     l->opts = (node_launch_opts){.uri = l->d->cfg.libvirt_uri,
                                  .name = l->name,
                                  .dir = l->dir,
-                                 .accel = (node_accel)l->d->accel};
+                                 .accel = (node_accel)l->d->accel,
+                                 .early = l->d->cfg.early_start,
+                                 .resumed = on_resumed,
+                                 .resumed_arg = l};
     if (uv_thread_create(&l->thread, run, l) != 0) {
         fail(l, "cannot start the launch thread");
         return;

@@ -620,7 +620,7 @@ static int keep_held_bases(cs_store *st, cs_id *base, size_t n)
     return rc;
 }
 
-/* The distinct non-zero chunks of the manifest in its order, with the parent's chunk at the
+/* The distinct non-zero chunks of the manifest, memory first, each image in its order, with the parent's chunk at the
  * same place beside each (zero when it has no parent, the parent has no chunk there, or it is
  * not held here). */
 static int manifest_chunks(cs_store *st, const cs_id *id, cs_id **ids_out, cs_id **bases_out,
@@ -638,16 +638,20 @@ static int manifest_chunks(cs_store *st, const cs_id *id, cs_id **ids_out, cs_id
     cs_id *all = malloc((total ? total : 1) * sizeof *all);
     cs_id *base = calloc(total ? total : 1, sizeof *base);
     size_t k = 0;
-    for (size_t i = 0; all && base && i < m->nimages; i++) {
-        const cs_image *im = &m->images[i];
-        const cs_image *pim = parent ? cs_manifest_find_image(parent, im->name) : NULL;
-        for (uint64_t c = 0; c < im->nchunks; c++) {
-            if (cs_id_is_zero(&im->chunks[c])) continue;
-            if (pim && c < pim->nchunks && !cs_id_equal(&pim->chunks[c], &im->chunks[c]))
-                base[k] = pim->chunks[c];
-            all[k++] = im->chunks[c];
+    /* The memory's images first, then the rest: a launch resumes the VM once its memory is
+     * here, and serves the disk to it as its chunks arrive (docs/launch.md, "Early start"). */
+    for (int memory_pass = 1; memory_pass >= 0; memory_pass--)
+        for (size_t i = 0; all && base && i < m->nimages; i++) {
+            const cs_image *im = &m->images[i];
+            if ((im->kind == CS_IMAGE_RAM || im->kind == CS_IMAGE_STATE) != memory_pass) continue;
+            const cs_image *pim = parent ? cs_manifest_find_image(parent, im->name) : NULL;
+            for (uint64_t c = 0; c < im->nchunks; c++) {
+                if (cs_id_is_zero(&im->chunks[c])) continue;
+                if (pim && c < pim->nchunks && !cs_id_equal(&pim->chunks[c], &im->chunks[c]))
+                    base[k] = pim->chunks[c];
+                all[k++] = im->chunks[c];
+            }
         }
-    }
     bool has_parent = parent != NULL;
     cs_manifest_free(m);
     cs_manifest_free(parent);

@@ -26,6 +26,7 @@
 #define _GNU_SOURCE
 #include "node.h"
 #include "node_internal.h"
+#include "vm_nbd.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -35,6 +36,7 @@
 #include <linux/kvm.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -404,8 +406,9 @@ typedef struct domain_scan {
     bool has_name, has_uuid, has_disk, has_serial, has_log;
     size_t name_off, name_len; /* text of the root's <name> */
     size_t uuid_off, uuid_len; /* text of the root's <uuid> */
-    tag disk, disk_source, disk_driver;
-    bool has_disk_source, has_disk_driver;
+    tag disk, disk_source, disk_driver, disk_backing;
+    bool has_disk_source, has_disk_driver, has_disk_backing;
+    size_t disk_close;             /* where its </disk> starts (0: none seen) */
     size_t serial_off, serial_len; /* the first unix serial's source path attribute value */
     size_t log_off, log_len;       /* its <log file=…> value */
 } domain_scan;
@@ -460,7 +463,10 @@ static int scan_domain(const char *xml, domain_scan *d, char err[NODE_ERRMSG])
         }
         if (in_disk) {
             if (t.depth == 2 && t.closing)
-                in_disk = false;
+                in_disk = false, d->disk_close = t.start;
+            else if (t.depth == 3 && tag_is(&t, "backingStore") && !t.closing &&
+                     !d->has_disk_backing)
+                d->disk_backing = t, d->has_disk_backing = true;
             else if (t.depth == 3 && tag_is(&t, "source") && !t.closing && !d->has_disk_source)
                 d->disk_source = t, d->has_disk_source = true;
             else if (t.depth == 3 && tag_is(&t, "driver") && !t.closing && !d->has_disk_driver)
@@ -537,6 +543,50 @@ static bool rewrite_reads_back(const char *out, const node_vm_xml_edit *e)
     return true;
 }
 
+/* The first disk becomes a qcow2 overlay backed by the NBD export on socket: its driver type
+ * qcow2, its <backingStore> (none, or an empty one) the export. */
+static int backed_by_nbd(const char *xml, const domain_scan *d, const char *socket, edits *ed,
+                         char err[NODE_ERRMSG])
+{
+    if (d->has_disk_backing && !d->disk_backing.empty) {
+        node__errf(err, "domain XML: the first disk has a backing chain already");
+        return CS_EFORMAT;
+    }
+    if (d->disk.empty || !d->disk_close) {
+        node__errf(err, "domain XML: the first disk has no end tag");
+        return CS_EFORMAT;
+    }
+    char *esc = xml_escape(socket), *backing = NULL, *at_close = NULL;
+    if (!esc || asprintf(&backing,
+                         "<backingStore type='network'><format type='raw'/><source protocol='nbd' "
+                         "name='%s'><host transport='unix' socket='%s'/></source><backingStore/>"
+                         "</backingStore>",
+                         NODE_NBD_EXPORT, esc) < 0)
+        backing = NULL;
+    free(esc);
+    if (!backing) return -ENOMEM;
+    size_t o, l;
+    bool driver_typed = d->has_disk_driver && tag_attr(xml, &d->disk_driver, "type", &o, &l);
+    if (driver_typed)
+        edit_add(ed, o, l, strdup("qcow2"));
+    else if (d->has_disk_driver)
+        edit_add(ed, d->disk_driver.start + 1 + d->disk_driver.name_len, 0, strdup(" type='qcow2'"));
+    /* What goes before </disk>: a driver when there was none, the backing when it had none. */
+    const char *driver = d->has_disk_driver ? "" : "<driver name='qemu' type='qcow2'/>";
+    if (d->has_disk_backing) {
+        edit_add(ed, d->disk_backing.start, d->disk_backing.end - d->disk_backing.start, backing);
+        backing = NULL;
+    }
+    if (asprintf(&at_close, "%s%s", driver, backing ? backing : "") < 0) at_close = NULL;
+    free(backing);
+    if (!at_close) return -ENOMEM;
+    if (at_close[0])
+        edit_add(ed, d->disk_close, 0, at_close);
+    else
+        free(at_close);
+    return 0;
+}
+
 int node_vm_xml_rewrite(const char *xml, const node_vm_xml_edit *e, char **out,
                         char err[NODE_ERRMSG])
 {
@@ -599,6 +649,7 @@ int node_vm_xml_rewrite(const char *xml, const node_vm_xml_edit *e, char **out,
             goto fail;
         }
         edit_add(&ed, o, l, xml_escape(e->disk));
+        if (e->disk_nbd && (rc = backed_by_nbd(xml, &d, e->disk_nbd, &ed, err))) goto fail;
     }
     if (e->serial_sock && d.has_serial)
         replace_attr_values(xml, xml + d.serial_off, d.serial_len, e->serial_sock, &ed);
@@ -892,6 +943,118 @@ static uint64_t memory_bytes(const cs_manifest *m)
     return n;
 }
 
+/* Runs argv (a program on PATH) and waits for it; its output (the first bytes of it) goes
+ * into err when it fails. */
+static int run_program(char *const argv[], char err[NODE_ERRMSG])
+{
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) return -errno;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 2);
+    pid_t pid;
+    int rc = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    if (rc) {
+        close(out[0]);
+        node__errf(err, "cannot run %s: %s", argv[0], strerror(rc));
+        return -rc;
+    }
+    char msg[NODE_ERRMSG / 2];
+    size_t got = 0;
+    for (ssize_t r; (r = read(out[0], msg + got, sizeof msg - 1 - got)) != 0;) {
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) break;
+        got += (size_t)r;
+        if (got == sizeof msg - 1) { /* keep draining so the child never blocks */
+            char sink[4096];
+            while (read(out[0], sink, sizeof sink) > 0) {}
+            break;
+        }
+    }
+    close(out[0]);
+    msg[got] = '\0';
+    while (got && (msg[got - 1] == '\n' || msg[got - 1] == ' ')) msg[--got] = '\0';
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+    node__errf(err, "%s failed: %s", argv[0], got ? msg : "no message");
+    return -EIO;
+}
+
+/* Whether an executable named name is on PATH. */
+static bool on_path(const char *name)
+{
+    const char *path = getenv("PATH");
+    if (!path || !*path) path = "/usr/local/bin:/usr/bin:/bin";
+    for (const char *p = path; *p;) {
+        size_t n = strcspn(p, ":");
+        char full[1024];
+        if (n && snprintf(full, sizeof full, "%.*s/%s", (int)n, p, name) < (int)sizeof full &&
+            access(full, X_OK) == 0)
+            return true;
+        p += n + (p[n] == ':');
+    }
+    return false;
+}
+
+/* disk.qcow2 for early start: an empty overlay of the image's size whose backing file is the
+ * NBD export on sock (libvirt is told the same in the domain XML). */
+static int make_overlay(const char *path, const char *sock, uint64_t size, char err[NODE_ERRMSG])
+{
+    char *backing = NULL, bytes[32];
+    if (asprintf(&backing, "nbd+unix:///%s?socket=%s", NODE_NBD_EXPORT, sock) < 0) return -ENOMEM;
+    snprintf(bytes, sizeof bytes, "%llu", (unsigned long long)size);
+    char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", backing,
+                    (char *)path, bytes, NULL};
+    int rc = run_program(argv, err);
+    free(backing);
+    return rc;
+}
+
+/* Early start's end: waits until the store holds every chunk of the disk (they arrive while
+ * the VM runs), then has libvirt pull the NBD backing into the overlay, so the domain no
+ * longer needs this process. */
+static int complete_disk(cs_store *st, const cs_image *dimg, virDomainPtr dom, const char *overlay,
+                         char err[NODE_ERRMSG])
+{
+    size_t bad = 0;
+    int rc = cs_get_arriving(st, dimg->chunks, (size_t)dimg->nchunks, NULL, &bad, NULL, NULL);
+    if (rc) {
+        char hex[CS_ID_HEX + 1];
+        node__errf(err, "disk chunk %s at offset %llu: %s", cs_id_to_hex(&dimg->chunks[bad], hex),
+                   (unsigned long long)bad * CS_CHUNK_SIZE,
+                   rc == CS_ENOTFOUND ? "the fetch ended without it" : cs_strerror(rc));
+        return rc;
+    }
+    if (virDomainBlockPull(dom, overlay, 0, 0) != 0) {
+        node__errf(err, "pulling the disk into %s: %s", overlay, virt_msg());
+        return -EIO;
+    }
+    for (;;) {
+        virDomainBlockJobInfo info;
+        int j = virDomainGetBlockJobInfo(dom, overlay, &info, 0);
+        if (j < 0) {
+            node__errf(err, "following the pull into %s: %s", overlay, virt_msg());
+            return -EIO;
+        }
+        if (j == 0) break; /* the job is over */
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    /* A job that failed ends too: the domain's disk must have lost its backing. */
+    char *xml = virDomainGetXMLDesc(dom, 0);
+    bool backed = !xml || strstr(xml, "protocol='nbd'") || strstr(xml, "protocol=\"nbd\"");
+    free(xml);
+    if (backed) {
+        node__errf(err, "the pull into %s ended but the disk is still backed by the store", overlay);
+        return -EIO;
+    }
+    return 0;
+}
+
 int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *o,
                          node_launch_report *r, cs_progress_fn progress, void *arg,
                          char err[NODE_ERRMSG])
@@ -908,7 +1071,9 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
     cs_manifest *m = NULL;
     virConnectPtr c = NULL;
     virDomainPtr dom = NULL;
-    char *disk = NULL, *xml = NULL, *sock = NULL, *log = NULL, *xml_path = NULL, *mem = NULL;
+    char *disk = NULL, *xml = NULL, *sock = NULL, *log = NULL, *xml_path = NULL, *mem = NULL,
+         *nbd_sock = NULL;
+    node_nbd *nbd = NULL;
     bool made_dir = false, detecting = false;
     pthread_t detect_th;
     struct detect_job dj = {o->uri, o->accel};
@@ -931,6 +1096,8 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
         goto fail;
     }
     bool has_mem = node_vm_has_memory(m);
+    /* Early start needs qemu-img for the overlay: without it the disk is written first. */
+    bool early = has_mem && o->early && on_path("qemu-img");
     r->booted = !has_mem;
 
     /* Everything that can be checked before writing anything: libvirt answers, no domain has
@@ -946,7 +1113,9 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
         goto fail;
     }
     uuid_random(r->uuid);
-    if (!(disk = path_in(o->dir, "disk.raw")) || !(sock = path_in(o->dir, "console.sock")) ||
+    if (!(disk = path_in(o->dir, early ? "disk.qcow2" : "disk.raw")) ||
+        (early && !(nbd_sock = path_in(o->dir, "disk.sock"))) ||
+        !(sock = path_in(o->dir, "console.sock")) ||
         !(log = path_in(o->dir, "console.log")) || !(xml_path = path_in(o->dir, "domain.xml")) ||
         !(mem = path_in(o->dir, o->fifo ? "memory.fifo" : "memory.save"))) {
         rc = -ENOMEM;
@@ -957,6 +1126,7 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
     node_vm_xml_edit e = {.name = o->name,
                           .uuid = r->uuid,
                           .disk = disk,
+                          .disk_nbd = nbd_sock,
                           .accel = o->accel,
                           .serial_sock = sock,
                           .serial_log = log};
@@ -980,7 +1150,16 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
     chmod(o->dir, 0711);
 
     double t1 = node__now_s();
-    int fd = open(disk, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = -1;
+    if (early) {
+        if ((rc = node_nbd_start(st, dimg, nbd_sock, &nbd, err)) ||
+            (rc = make_overlay(disk, nbd_sock, dimg->length, err)))
+            goto fail;
+        r->disk_s = node__now_s() - t1;
+        r->disk_bytes = dimg->length;
+        goto disk_ready;
+    }
+    fd = open(disk, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
         rc = -errno;
         node__errf(err, "cannot create %s: %s", disk, strerror(errno));
@@ -1003,6 +1182,7 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
     r->disk_s = node__now_s() - t1;
     r->disk_bytes = dimg->length;
 
+disk_ready:
     if (detecting) pthread_join(detect_th, NULL), detecting = false;
     r->accel = dj.accel;
     e.accel = dj.accel;
@@ -1090,12 +1270,20 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
         rc = -EIO;
         goto fail;
     }
+    r->resumed_s = node__now_s() - t0;
+    if (early) {
+        if (o->resumed) o->resumed(o->resumed_arg);
+        double t4 = node__now_s();
+        if ((rc = complete_disk(st, dimg, dom, disk, err))) goto fail;
+        node_nbd_stop(nbd), nbd = NULL;
+        r->complete_s = node__now_s() - t4;
+    }
     r->total_s = node__now_s() - t0;
     domain_addresses(dom, r->address, sizeof r->address);
     virDomainFree(dom);
     virConnectClose(c);
     cs_manifest_free(m);
-    free(disk), free(xml), free(sock), free(log), free(xml_path), free(mem);
+    free(disk), free(xml), free(sock), free(log), free(xml_path), free(mem), free(nbd_sock);
     return 0;
 
 fail:
@@ -1111,8 +1299,9 @@ fail:
         }
         virConnectClose(c);
     }
+    node_nbd_stop(nbd); /* after the domain: QEMU is its client */
     if (made_dir) remove_dir(o->dir);
     cs_manifest_free(m);
-    free(disk), free(xml), free(sock), free(log), free(xml_path), free(mem);
+    free(disk), free(xml), free(sock), free(log), free(xml_path), free(mem), free(nbd_sock);
     return rc;
 }

@@ -13,7 +13,7 @@
  *   most SERVE_WORKERS at a time, with at most SERVE_QUEUE_MAX waiting (a node that queues more
  *   is cut off). While answers wait for the send queue to drain (NET_EAGAIN), no new work
  *   starts: memory stays bounded by the send queue plus SERVE_WORKERS answers.
- * - The end: LAUNCH_DONE, or without wait a LAUNCH_PROGRESS at stage apply or later, decides
+ * - The end: LAUNCH_DONE, or without wait a LAUNCH_PROGRESS at stage apply or restore, decides
  *   the result; the connection is then closed cleanly once the work in flight has come back
  *   and every answer is handed to the channel. A close before that is an error whose sentence
  *   depends on whether the handshake had finished.
@@ -483,7 +483,9 @@ static void on_progress(launch *l, const uint8_t *p, size_t len)
     g->vm_total = np.vm_total, g->vm_done = np.vm_done;
     copy_sources(g->src, &g->nsources, np.src, np.nsources);
     if (l->o->progress) l->o->progress(g, l->o->arg);
-    if (!l->o->wait && np.stage >= NET_LAUNCH_APPLY) {
+    if (np.stage == NET_LAUNCH_RUNNING && !l->r->running_ms)
+        l->r->running_ms = np.elapsed_ms ? np.elapsed_ms : 1;
+    if (!l->o->wait && (np.stage == NET_LAUNCH_APPLY || np.stage == NET_LAUNCH_RESTORE)) {
         /* Every chunk is on the node: it needs nothing more from the app. */
         l->ended = true;
         maybe_close(l);

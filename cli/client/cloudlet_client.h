@@ -106,9 +106,16 @@ int cl_probe(cl_client *c, const char *host, uint16_t port, unsigned wait_ms, cl
 
 /* ---- launching ----------------------------------------------------------------------------- */
 
-/* The stages of a launch, in order. */
-enum { CL_STAGE_RESOLVE = 1, CL_STAGE_TRANSFER = 2, CL_STAGE_APPLY = 3, CL_STAGE_RESTORE = 4 };
-/* "resolve", "transfer", "apply", "restore"; "?" for anything else. */
+/* The stages of a launch. RUNNING comes between TRANSFER and APPLY when the node resumes the
+ * VM before every chunk has arrived (early start): the VM answers, the app still serves. */
+enum {
+    CL_STAGE_RESOLVE = 1,
+    CL_STAGE_TRANSFER = 2,
+    CL_STAGE_APPLY = 3,
+    CL_STAGE_RESTORE = 4,
+    CL_STAGE_RUNNING = 5
+};
+/* "resolve", "transfer", "apply", "restore", "running"; "?" for anything else. */
 const char *cl_stage_name(int stage);
 
 /* Where the node got chunk bytes from. */
@@ -140,7 +147,7 @@ typedef struct cl_progress {
 typedef struct cl_launch_opts {
     const char *name; /* the domain's name ([A-Za-z0-9._-], at most 64), NULL: the node picks */
     /* true: stay until the node reports the launch done. false: return as soon as the node
-     * needs nothing more from this app (it reports stage apply or later); the node continues
+     * needs nothing more from this app (it reports stage apply or restore); the node continues
      * the launch, and the result has done false. */
     bool wait;
     /* Called for each progress report of the node (may be NULL). */
@@ -160,6 +167,8 @@ typedef struct cl_result {
     char console[1025]; /* the serial console's socket on the node, or "" */
     char address[1025]; /* how to reach the VM, or "" */
     uint32_t resolve_ms, transfer_ms, apply_ms, restore_ms, total_ms;
+    uint32_t running_ms; /* when the node first reported the VM running while chunks still
+                            arrived (early start), since it took the launch; 0 when it did not */
     unsigned nsources;
     cl_source src[CL_SOURCES_MAX]; /* chunk bytes by source */
     cl_progress last;      /* the last progress report, with this app's counters at the end */

@@ -452,7 +452,7 @@ t10, t90 = first_at(0.1), first_at(0.9)
 # Transfer time during which bytes came at under a quarter of the app's link rate.
 link = int(a[15])
 slow = sum(e1 - e0 for (e0, b0), (e1, b1), p in zip(series, series[1:], prog[1:])
-           if p["stage"] == "transfer" and e1 > e0 and (b1 - b0) * 8 / (e1 - e0) < link / 4)
+           if p["stage"] in ("transfer", "running") and e1 > e0 and (b1 - b0) * 8 / (e1 - e0) < link / 4)
 timeline = {
     "slow_s": round(slow, 2),
     "reports": len(prog), "received_bytes": total,
@@ -460,13 +460,14 @@ timeline = {
     "rate_10_90_mbit_s": round((0.8 * total) * 8 / (t90 - t10) / 1e6, 1) if t10 is not None and
         t90 is not None and t90 > t10 else None,
     "stage_start_s": {st: next((p["elapsed_s"] for p in prog if p["stage"] == st), None)
-                      for st in ("resolve", "transfer", "apply", "restore")},
-    "vm_done_at_transfer_end": next((p["vm_done"] for p in prog if p["stage"] != "transfer"
-                                     and p["stage"] != "resolve"), None),
+                      for st in ("resolve", "transfer", "running", "apply", "restore")},
+    "vm_done_at_transfer_end": next((p["vm_done"] for p in prog
+                                     if p["stage"] not in ("resolve", "transfer", "running")), None),
 }
 print(json.dumps({"method": a[1], "round": int(a[2]), "answer_s": round(float(ans) - t0, 3),
     "command_s": round(t1 - t0, 3), "resolve_s": r["resolve_s"], "transfer_s": r["transfer_s"],
     "apply_s": r["apply_s"], "restore_s": r["restore_s"], "total_s": r["total_s"],
+    "running_s": r.get("running_s"),
     "accel": r["accel"], "sources": r["sources"], "bytes_by_kind": src, "served": r["served"],
     "timeline": timeline,
     "cpu_s": {"app": float(a[12]), "node": float(a[13]), "neighbour": float(a[14])},
@@ -513,7 +514,9 @@ for rd in rounds:
     for k, label in (("a", "(a) cloudlet, node has the base"), ("b", "(b) cloudlet, a neighbour has it")):
         r = by[k]
         print(f"  {label:34} {r['answer_s']:8.2f} {r['command_s']:8.2f} {r['resolve_s']:8.3f} "
-              f"{r['transfer_s']:9.2f} {r['apply_s']:7.2f} {r['restore_s']:8.2f}")
+              f"{r['transfer_s']:9.2f} {r['apply_s']:7.2f} {r['restore_s']:8.2f}"
+              + (f"  (running after {r['running_s']:.2f} s, the launch done after {r['total_s']:.2f} s)"
+                 if r.get("running_s") else ""))
     print(f"  {'(c) seed: send, decode, restore':34} {c['answer_s']:8.2f} {'':>8} {'':>8} "
           f"{c['transfer_s']:9.2f} {c['decode_apply_s'] + c['rebuild_save_s']:7.2f} {c['restore_s']:8.2f}")
     for k in ("a", "b"):

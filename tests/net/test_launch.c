@@ -202,7 +202,7 @@ static void fields_over_their_bounds_are_refused_by_encoder_and_decoder(void)
         size_t src0 = 4 + 1 + 4 + 32 + 1; /* the first source's kind */
         switch (c) {
         case 0: p.stage = 0, out[4] = 0; break;
-        case 1: p.stage = 5, out[4] = 5; break;
+        case 1: p.stage = 6, out[4] = 6; break;
         case 2: p.fetch_total--, out[4 + 1 + 4 + 7]--; break; /* fetch_done > fetch_total */
         case 3:
             p.vm_total = 0, p.vm_done = 1;
@@ -350,7 +350,8 @@ static void stage_names(void)
     CHECK_STR(net_launch_stage_name(NET_LAUNCH_APPLY), "apply");
     CHECK_STR(net_launch_stage_name(NET_LAUNCH_RESTORE), "restore");
     CHECK_STR(net_launch_stage_name(0), "?");
-    CHECK_STR(net_launch_stage_name(5), "?");
+    CHECK_STR(net_launch_stage_name(NET_LAUNCH_RUNNING), "running");
+    CHECK_STR(net_launch_stage_name(6), "?");
 }
 
 TL_MAIN(TL_CASE(launch_round_trips_at_its_bounds), TL_CASE(progress_round_trips_at_its_bounds),

@@ -162,6 +162,49 @@ app_gone_mid_launch_fails_cleanly_and_the_retry_takes_only_the_rest() {
     resumed "$P-retry"
 }
 
+# Early start (docs/launch.md): the VM runs once its memory is here; its disk is read from the
+# node's store over NBD while the disk's chunks still arrive, then pulled into disk.qcow2.
+# shellcheck disable=SC2016
+app_launch_runs_before_its_disk_has_arrived() {
+    scratch
+    # 100 KiB/s from all sources. The test guest's overlay is mostly memory (about 2 MB of it
+    # changed, against 0.2 MB of disk): the VM runs after about 17 s, the disk's chunks take two
+    # more.
+    node n "rate_total = 100K"
+    local name=$P-early sock
+    CASE_DOMAINS=("$name")
+    launch "$name" --json --progress-json >"$T/j" 2>"$T/err" &
+    local app=$!
+    for _ in $(seq 1200); do grep -q '"stage": "running"' "$T/j" && break; sleep 0.05; done
+    grep -q '"stage": "running"' "$T/j" || fail "no running stage: $(cat "$T/j" "$T/err")"
+    # While the disk still arrives: the guest answers, and a file read from its disk after the
+    # page cache is dropped comes through the node's NBD server.
+    sock=$CLOUDLET_LAUNCH_DIR/$name/console.sock
+    [ -S "$CLOUDLET_LAUNCH_DIR/$name/disk.sock" ] || fail "no NBD socket while the VM runs"
+    [ "$(guest_run "$sock" 'echo 3 >/proc/sys/vm/drop_caches; echo MARK=$(cat /mnt/custom.txt)')" = \
+        custom-file ] || fail "the guest could not read its disk while it arrived"
+    wait "$app" || fail "launch failed: $(cat "$T/err" "$T/j")"
+    python3 - "$T/j" <<'PY' || fail "launch report: $(tail -3 "$T/j")"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+r = lines[-1]
+running = [l["progress"] for l in lines[:-1] if l["progress"]["stage"] == "running"]
+assert r["ok"] and r["done"], r
+assert running and running[0]["fetch_done"] < running[0]["fetch_total"], running[:1]
+assert 0 < r["running_s"] < r["total_s"], r
+print(f"running after {r['running_s']} s of {r['total_s']} s; "
+      f"{running[0]['fetch_total'] - running[0]['fetch_done']} chunk bytes still to come then")
+PY
+    resumed "$name"
+    # The end state: the disk is the standalone overlay, the NBD server is gone.
+    virsh_ dumpxml "$name" >"$T/live.xml"
+    grep -q "type='qcow2'" "$T/live.xml" || fail "the disk is not the qcow2 overlay"
+    ! grep -q nbd "$T/live.xml" || fail "the disk still has the NBD backing: $(grep -A8 '<disk' "$T/live.xml")"
+    [ ! -e "$CLOUDLET_LAUNCH_DIR/$name/disk.sock" ] || fail "the NBD socket was left"
+    qemu-img info -U "$CLOUDLET_LAUNCH_DIR/$name/disk.qcow2" >"$T/info"
+    ! grep -q "backing file" "$T/info" || fail "disk.qcow2 still names a backing file: $(cat "$T/info")"
+}
+
 two_apps_launching_one_manifest_share_its_fetch() {
     scratch
     # 200 KiB/s: the first launch's fetch is still running when the second arrives.

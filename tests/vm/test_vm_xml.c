@@ -1,5 +1,5 @@
 /* test_vm_xml.c — rewriting domain XML for a launch, and finding the first disk. */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE
 #include "node.h"
 #include "testlib.h"
 
@@ -74,6 +74,52 @@ static void disk_source_of_the_first_disk_device_changes(void)
     CHECK(strstr(x, "/var/lib/vm/second.img")); /* only the first disk */
     CHECK(strstr(x, "/in/a/comment"));          /* comments are not elements */
     free(x);
+}
+
+/* Early start: the first disk becomes a qcow2 overlay backed by the NBD export, whether it had
+ * a driver and an empty <backingStore/> (as libvirt writes it), a driver only, or neither. */
+static void disk_backed_by_nbd_becomes_a_qcow2_overlay(void)
+{
+    static const char backing[] =
+        "<backingStore type='network'><format type='raw'/><source protocol='nbd' name='disk'>"
+        "<host transport='unix' socket='/launch/x/disk.sock'/></source><backingStore/>"
+        "</backingStore>";
+    node_vm_xml_edit e = {.disk = "/launch/x/disk.qcow2", .disk_nbd = "/launch/x/disk.sock"};
+    char *x = rewrite("<domain><name>n</name><devices><disk type='file' device='disk'><driver "
+                      "name='qemu' type='raw' discard='unmap'/><source file='/a.img'/>"
+                      "<backingStore/><target dev='vda'/></disk></devices></domain>",
+                      &e);
+    char *want = NULL;
+    CHECK(asprintf(&want, "<disk type='file' device='disk'><driver name='qemu' type='qcow2' "
+                          "discard='unmap'/><source file='/launch/x/disk.qcow2'/>%s<target "
+                          "dev='vda'/></disk>",
+                   backing) > 0);
+    CHECK(strstr(x, want));
+    free(x), free(want);
+    x = rewrite(base_xml, &e); /* a driver, no backingStore: it goes before </disk> */
+    CHECK(strstr(x, "<driver name='qemu' type='qcow2' discard='unmap'/>"));
+    CHECK(asprintf(&want, "<target dev='vda' bus='virtio'/>\n    %s</disk>", backing) > 0);
+    CHECK(strstr(x, want));
+    CHECK(strstr(x, "<disk type='file' device='disk'><source file='/var/lib/vm/second.img'/>"));
+    free(x), free(want);
+    x = rewrite("<domain><name>n</name><devices><disk type='file' device='disk'><source "
+                "file='/a.img'/></disk></devices></domain>",
+                &e);
+    CHECK(asprintf(&want, "<source file='/launch/x/disk.qcow2'/><driver name='qemu' "
+                          "type='qcow2'/>%s</disk>",
+                   backing) > 0);
+    CHECK(strstr(x, want));
+    free(x), free(want);
+    /* A disk with a backing chain of its own is refused. */
+    char *out = NULL, err[NODE_ERRMSG] = "";
+    CHECK_EQ(node_vm_xml_rewrite("<domain><name>n</name><devices><disk type='file' "
+                                 "device='disk'><source file='/a.img'/><backingStore "
+                                 "type='file'><source file='/b.img'/></backingStore></disk>"
+                                 "</devices></domain>",
+                                 &e, &out, err),
+             CS_EFORMAT);
+    CHECK(strstr(err, "backing chain"));
+    CHECK(!out);
 }
 
 static void accel_sets_the_domain_type(void)
@@ -155,7 +201,8 @@ static void accel_can_be_forced_from_the_environment(void)
 }
 
 TL_MAIN(TL_CASE(rename_sets_the_root_name_only), TL_CASE(uuid_is_replaced_or_inserted_after_name),
-        TL_CASE(disk_source_of_the_first_disk_device_changes), TL_CASE(accel_sets_the_domain_type),
+        TL_CASE(disk_source_of_the_first_disk_device_changes),
+        TL_CASE(disk_backed_by_nbd_becomes_a_qcow2_overlay), TL_CASE(accel_sets_the_domain_type),
         TL_CASE(serial_paths_move_with_their_console_twin),
         TL_CASE(values_are_escaped_and_double_quotes_are_read),
         TL_CASE(block_disk_or_missing_disk_is_an_error), TL_CASE(first_disk_gives_file_and_format),

@@ -1,0 +1,637 @@
+/*
+ * vm_nbd.c — a read-only NBD export of one image, read straight from the store (vm_nbd.h).
+ *
+ * Design notes:
+ * - The protocol (node__nbd_session) knows nothing of sockets or the store: it reads the
+ *   client's bytes, writes replies and asks for image bytes through node__nbd_io, so the fuzz
+ *   target and the tests drive it from memory. It speaks the "fixed newstyle" handshake and
+ *   simple replies only (docs: the NBD project's doc/proto.md): a reply's error code must be
+ *   known before its data goes out, so a read is assembled whole before it is answered.
+ * - Nothing the client sends decides an allocation beyond fixed bounds: option data is at most
+ *   NBD__OPT_MAX bytes (larger options are discarded in pieces), a read or a write at most
+ *   NBD__IO_MAX. A write's payload is read and discarded: the export is read-only.
+ * - The server runs one accept thread and one thread per connection (at most NBD__CONNS).
+ *   A connection closes its own socket, under the server's lock, when its session ends;
+ *   node_nbd_stop shuts down the sockets still open under that lock (so it never touches a
+ *   descriptor number already reused) and joins every thread. A read waiting for a chunk
+ *   still on its way asks `stopping` every 100 ms, so a stop is never held up by a fetch.
+ * - The export's size is the image's length rounded up to whole 512-byte sectors, the tail
+ *   reading as zeros (export_size says why).
+ * - Counters are shared by all connections and updated with atomic adds.
+ */
+#define _GNU_SOURCE
+#include "vm_nbd.h"
+
+#include "node_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* ---- the protocol ------------------------------------------------------------------------ */
+
+#define NBD_MAGIC              0x4e42444d41474943ull /* "NBDMAGIC" */
+#define NBD_IHAVEOPT           0x49484156454f5054ull
+#define NBD_REP_MAGIC          0x3e889045565a9ull
+#define NBD_REQUEST_MAGIC      0x25609513u
+#define NBD_SIMPLE_REPLY_MAGIC 0x67446698u
+
+#define NBD_FLAG_FIXED_NEWSTYLE (1u << 0)
+#define NBD_FLAG_NO_ZEROES      (1u << 1)
+
+#define NBD_FLAG_HAS_FLAGS      (1u << 0)
+#define NBD_FLAG_READ_ONLY      (1u << 1)
+#define NBD_FLAG_SEND_FLUSH     (1u << 2)
+#define NBD_FLAG_CAN_MULTI_CONN (1u << 8)
+#define NBD_TRANSMISSION_FLAGS                                                                     \
+    (NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH | NBD_FLAG_CAN_MULTI_CONN)
+
+enum {
+    NBD_OPT_EXPORT_NAME = 1,
+    NBD_OPT_ABORT = 2,
+    NBD_OPT_LIST = 3,
+    NBD_OPT_INFO = 6,
+    NBD_OPT_GO = 7,
+};
+
+#define NBD_REP_ACK         1u
+#define NBD_REP_SERVER      2u
+#define NBD_REP_INFO        3u
+#define NBD_REP_ERR_UNSUP   (0x80000000u + 1)
+#define NBD_REP_ERR_INVALID (0x80000000u + 3)
+#define NBD_REP_ERR_UNKNOWN (0x80000000u + 6)
+#define NBD_REP_ERR_TOO_BIG (0x80000000u + 9)
+
+#define NBD_INFO_EXPORT     0u
+#define NBD_INFO_BLOCK_SIZE 3u
+
+enum {
+    NBD_CMD_READ = 0,
+    NBD_CMD_WRITE = 1,
+    NBD_CMD_DISC = 2,
+    NBD_CMD_FLUSH = 3,
+    NBD_CMD_TRIM = 4,
+    NBD_CMD_CACHE = 5,
+    NBD_CMD_WRITE_ZEROES = 6,
+};
+/* FUA, NO_HOLE, DF, REQ_ONE, FAST_ZERO: any other request flag is refused. */
+#define NBD_CMD_FLAGS_KNOWN 0x1fu
+
+#define NBD_EPERM  1u
+#define NBD_EIO    5u
+#define NBD_EINVAL 22u
+
+/* The most a read or a write may carry: what the export advertises as its largest block. */
+#define NBD__IO_MAX (32u << 20)
+/* The most option data kept: a name of up to 4096 bytes (the protocol's limit on strings)
+ * with the fields around it and a generous list of information requests. */
+#define NBD__OPT_MAX (4096u + 4096u)
+
+struct session {
+    const node__nbd_io *io;
+    node_nbd_stats *stats;
+    bool no_zeroes;
+    uint8_t *buf; /* a read's reply, header and data; grown on demand up to NBD__IO_MAX */
+    size_t cap;
+    uint8_t opt[NBD__OPT_MAX];
+};
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8), p[1] = (uint8_t)v;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    put16(p, (uint16_t)(v >> 16)), put16(p + 2, (uint16_t)v);
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    put32(p, (uint32_t)(v >> 32)), put32(p + 4, (uint32_t)v);
+}
+
+static uint16_t get16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)get16(p) << 16 | get16(p + 2);
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    return (uint64_t)get32(p) << 32 | get32(p + 4);
+}
+
+static void count(uint64_t *counter, uint64_t n)
+{
+    __atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
+}
+
+/* Reads and drops n bytes in pieces of the option buffer's size. */
+static int discard(struct session *s, uint64_t n)
+{
+    while (n) {
+        size_t k = n < sizeof s->opt ? (size_t)n : sizeof s->opt;
+        int rc = s->io->recv(s->io->arg, s->opt, k);
+        if (rc) return rc;
+        n -= k;
+    }
+    return 0;
+}
+
+static int opt_reply(struct session *s, uint32_t opt, uint32_t type, const void *data, uint32_t len)
+{
+    uint8_t h[20];
+    put64(h, NBD_REP_MAGIC);
+    put32(h + 8, opt);
+    put32(h + 12, type);
+    put32(h + 16, len);
+    int rc = s->io->send(s->io->arg, h, sizeof h);
+    if (rc == 0 && len) rc = s->io->send(s->io->arg, data, len);
+    return rc;
+}
+
+static int opt_error(struct session *s, uint32_t opt, uint32_t type, const char *why)
+{
+    return opt_reply(s, opt, type, why, (uint32_t)strlen(why));
+}
+
+static bool export_name_ok(const uint8_t *name, size_t len)
+{
+    return len == 0 || (len == strlen(NODE_NBD_EXPORT) && memcmp(name, NODE_NBD_EXPORT, len) == 0);
+}
+
+/* NBD_OPT_INFO and NBD_OPT_GO: u32 name length, name, u16 count, count u16 information
+ * requests. Both answers carry the export's size, flags and block sizes whatever was asked.
+ * Sets *go when the client may enter transmission. */
+static int opt_info(struct session *s, uint32_t opt, uint32_t len, bool *go)
+{
+    const uint8_t *d = s->opt;
+    if (len < 6 || get32(d) > len - 6)
+        return opt_error(s, opt, NBD_REP_ERR_INVALID, "malformed export request");
+    uint32_t namelen = get32(d);
+    uint16_t nreq = get16(d + 4 + namelen);
+    if (len != 6 + namelen + 2u * nreq)
+        return opt_error(s, opt, NBD_REP_ERR_INVALID, "malformed export request");
+    if (!export_name_ok(d + 4, namelen))
+        return opt_error(s, opt, NBD_REP_ERR_UNKNOWN,
+                         "no such export (it is \"" NODE_NBD_EXPORT "\")");
+
+    uint8_t info[14];
+    put16(info, NBD_INFO_EXPORT);
+    put64(info + 2, s->io->size);
+    put16(info + 10, NBD_TRANSMISSION_FLAGS);
+    int rc = opt_reply(s, opt, NBD_REP_INFO, info, 12);
+    put16(info, NBD_INFO_BLOCK_SIZE);
+    put32(info + 2, 1);
+    put32(info + 6, CS_CHUNK_SIZE);
+    put32(info + 10, NBD__IO_MAX);
+    if (rc == 0) rc = opt_reply(s, opt, NBD_REP_INFO, info, 14);
+    if (rc == 0) rc = opt_reply(s, opt, NBD_REP_ACK, NULL, 0);
+    *go = rc == 0 && opt == NBD_OPT_GO;
+    return rc;
+}
+
+/* The handshake up to transmission: 1 when the client chose the export, 0 after
+ * NBD_OPT_ABORT, negative when the stream ends or breaks the protocol. */
+static int handshake(struct session *s)
+{
+    const node__nbd_io *io = s->io;
+    uint8_t h[18];
+    put64(h, NBD_MAGIC);
+    put64(h + 8, NBD_IHAVEOPT);
+    put16(h + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    int rc = io->send(io->arg, h, 18);
+    if (rc == 0) rc = io->recv(io->arg, h, 4);
+    if (rc) return rc;
+    uint32_t cflags = get32(h);
+    if (cflags & ~(uint32_t)(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)) return -EPROTO;
+    s->no_zeroes = cflags & NBD_FLAG_NO_ZEROES;
+
+    for (;;) {
+        uint8_t oh[16];
+        if ((rc = io->recv(io->arg, oh, sizeof oh))) return rc;
+        if (get64(oh) != NBD_IHAVEOPT) return -EPROTO;
+        uint32_t opt = get32(oh + 8), len = get32(oh + 12);
+        if (len > sizeof s->opt) {
+            /* EXPORT_NAME has no error reply: the protocol says to close. */
+            if (opt == NBD_OPT_EXPORT_NAME) return -EPROTO;
+            rc = discard(s, len);
+            if (rc == 0) rc = opt_error(s, opt, NBD_REP_ERR_TOO_BIG, "option too long");
+            if (rc) return rc;
+            continue;
+        }
+        if (len && (rc = io->recv(io->arg, s->opt, len))) return rc;
+        bool go = false;
+        switch (opt) {
+        case NBD_OPT_EXPORT_NAME: {
+            if (!export_name_ok(s->opt, len)) return -ENOENT;
+            uint8_t e[10 + 124] = {0};
+            put64(e, io->size);
+            put16(e + 8, NBD_TRANSMISSION_FLAGS);
+            rc = io->send(io->arg, e, s->no_zeroes ? 10 : sizeof e);
+            return rc ? rc : 1;
+        }
+        case NBD_OPT_ABORT: return opt_reply(s, opt, NBD_REP_ACK, NULL, 0);
+        case NBD_OPT_LIST: {
+            if (len) {
+                rc = opt_error(s, opt, NBD_REP_ERR_INVALID, "LIST takes no data");
+                break;
+            }
+            uint8_t srv[4 + sizeof NODE_NBD_EXPORT - 1];
+            put32(srv, sizeof NODE_NBD_EXPORT - 1);
+            memcpy(srv + 4, NODE_NBD_EXPORT, sizeof NODE_NBD_EXPORT - 1);
+            rc = opt_reply(s, opt, NBD_REP_SERVER, srv, sizeof srv);
+            if (rc == 0) rc = opt_reply(s, opt, NBD_REP_ACK, NULL, 0);
+            break;
+        }
+        case NBD_OPT_INFO:
+        case NBD_OPT_GO: rc = opt_info(s, opt, len, &go); break;
+        default: /* STARTTLS, STRUCTURED_REPLY, the meta contexts and anything newer */
+            rc = opt_error(s, opt, NBD_REP_ERR_UNSUP, "option not supported");
+            break;
+        }
+        if (rc) return rc;
+        if (go) return 1;
+    }
+}
+
+static int simple_reply(struct session *s, uint32_t error, const uint8_t cookie[8])
+{
+    uint8_t r[16];
+    put32(r, NBD_SIMPLE_REPLY_MAGIC);
+    put32(r + 4, error);
+    memcpy(r + 8, cookie, 8);
+    int rc = s->io->send(s->io->arg, r, sizeof r);
+    if (rc == 0) count(&s->stats->requests, 1);
+    return rc;
+}
+
+static int cmd_read(struct session *s, const uint8_t cookie[8], uint64_t off, uint32_t len)
+{
+    if (len == 0 || len > NBD__IO_MAX || off > s->io->size || len > s->io->size - off)
+        return simple_reply(s, NBD_EINVAL, cookie);
+    size_t need = 16 + (size_t)len;
+    if (need > s->cap) {
+        uint8_t *b = realloc(s->buf, need);
+        if (!b) return simple_reply(s, NBD_EIO, cookie);
+        s->buf = b, s->cap = need;
+    }
+    if (s->io->read_at(s->io->arg, off, len, s->buf + 16)) return simple_reply(s, NBD_EIO, cookie);
+    put32(s->buf, NBD_SIMPLE_REPLY_MAGIC);
+    put32(s->buf + 4, 0);
+    memcpy(s->buf + 8, cookie, 8);
+    int rc = s->io->send(s->io->arg, s->buf, need);
+    if (rc == 0) {
+        count(&s->stats->requests, 1);
+        count(&s->stats->read_bytes, len);
+    }
+    return rc;
+}
+
+/* Requests until NBD_CMD_DISC (0) or a failure (negative). */
+static int transmission(struct session *s)
+{
+    for (;;) {
+        uint8_t q[28];
+        int rc = s->io->recv(s->io->arg, q, sizeof q);
+        if (rc) return rc;
+        if (get32(q) != NBD_REQUEST_MAGIC) return -EPROTO;
+        uint16_t flags = get16(q + 4), type = get16(q + 6);
+        const uint8_t *cookie = q + 8;
+        uint64_t off = get64(q + 16);
+        uint32_t len = get32(q + 24);
+        if (type == NBD_CMD_WRITE) {
+            /* The payload follows whatever the answer: read it to stay in step. */
+            if (len > NBD__IO_MAX) return -EPROTO;
+            if ((rc = discard(s, len))) return rc;
+        }
+        if (type == NBD_CMD_DISC) return 0;
+        if (flags & ~NBD_CMD_FLAGS_KNOWN) {
+            rc = simple_reply(s, NBD_EINVAL, cookie);
+        } else {
+            switch (type) {
+            case NBD_CMD_READ: rc = cmd_read(s, cookie, off, len); break;
+            case NBD_CMD_WRITE:
+            case NBD_CMD_TRIM:
+            case NBD_CMD_WRITE_ZEROES: rc = simple_reply(s, NBD_EPERM, cookie); break;
+            case NBD_CMD_FLUSH:
+            case NBD_CMD_CACHE: rc = simple_reply(s, 0, cookie); break;
+            default: rc = simple_reply(s, NBD_EINVAL, cookie); break; /* BLOCK_STATUS too */
+            }
+        }
+        if (rc) return rc;
+    }
+}
+
+int node__nbd_session(const node__nbd_io *io, node_nbd_stats *stats)
+{
+    node_nbd_stats ignored = {0};
+    struct session *s = malloc(sizeof *s);
+    if (!s) return -ENOMEM;
+    s->io = io;
+    s->stats = stats ? stats : &ignored;
+    s->no_zeroes = false;
+    s->buf = NULL;
+    s->cap = 0;
+    int rc = handshake(s);
+    if (rc == 1) rc = transmission(s);
+    free(s->buf);
+    free(s);
+    return rc;
+}
+
+/* ---- the server ---------------------------------------------------------------------------- */
+
+/* Connections served at once; more are closed as soon as they are accepted. */
+#define NBD__CONNS 16
+
+struct conn {
+    node_nbd *n;
+    int fd;    /* -1 once the session closed it */
+    bool done; /* the thread has ended: join it */
+    pthread_t thread;
+    struct conn *next;
+    uint8_t bounce[CS_CHUNK_SIZE]; /* a chunk a read covers only in part */
+};
+
+struct node_nbd {
+    cs_store *st;
+    const cs_image *im;
+    char *path;
+    int lfd;
+    int wake[2];   /* written by node_nbd_stop to end the accept thread's poll */
+    bool stopping; /* atomic */
+    pthread_t acceptor;
+    pthread_mutex_t mu; /* guards conns and every conn's fd and done */
+    struct conn *conns;
+    node_nbd_stats stats; /* atomic adds */
+};
+
+static int sock_recv(void *arg, void *buf, size_t n)
+{
+    struct conn *c = arg;
+    for (uint8_t *p = buf; n;) {
+        ssize_t r = recv(c->fd, p, n, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -errno;
+        if (r == 0) return -ECONNRESET;
+        p += r, n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int sock_send(void *arg, const void *buf, size_t n)
+{
+    struct conn *c = arg;
+    for (const uint8_t *p = buf; n;) {
+        ssize_t r = send(c->fd, p, n, MSG_NOSIGNAL);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -errno;
+        p += r, n -= (size_t)r;
+    }
+    return 0;
+}
+
+static bool stopping(void *arg)
+{
+    node_nbd *n = arg;
+    return __atomic_load_n(&n->stopping, __ATOMIC_ACQUIRE);
+}
+
+/* n chunks at positions pos.. into out; a chunk still on its way is waited for. */
+static int get_chunks(struct conn *c, uint64_t pos, size_t n, uint8_t *out, bool *waited)
+{
+    node_nbd *s = c->n;
+    size_t bad = 0;
+    int rc = cs_get(s->st, &s->im->chunks[pos], n, out, &bad);
+    if (rc == CS_ENOTFOUND) {
+        *waited = true;
+        rc = cs_get_arriving(s->st, &s->im->chunks[pos], n, out, &bad, stopping, s);
+    }
+    if (rc && rc != -ECANCELED) {
+        char hex[CS_ID_HEX + 1];
+        node_log(NODE_LOG_WARN, "nbd: disk chunk %s at offset %llu: %s",
+                 cs_id_to_hex(&s->im->chunks[pos + bad], hex),
+                 (unsigned long long)(pos + bad) * CS_CHUNK_SIZE, cs_strerror(rc));
+    }
+    return rc;
+}
+
+/* The chunks covering [off, off + len): whole chunks go straight into out, a chunk covered
+ * in part (at most one at each end) through the bounce buffer; past the image's end (the
+ * export is rounded up to whole sectors), zeros. */
+static int store_read_at(void *arg, uint64_t off, size_t len, uint8_t *out)
+{
+    struct conn *c = arg;
+    bool waited = false;
+    int rc = 0;
+    uint64_t end = off + len, length = c->n->im->length;
+    if (end > length) {
+        size_t pad = (size_t)(end - (off > length ? off : length));
+        memset(out + len - pad, 0, pad);
+        end -= pad;
+    }
+    while (rc == 0 && off < end) {
+        uint64_t pos = off / CS_CHUNK_SIZE;
+        size_t in = (size_t)(off % CS_CHUNK_SIZE);
+        if (in == 0 && end - off >= CS_CHUNK_SIZE) {
+            size_t k = (size_t)((end - off) / CS_CHUNK_SIZE);
+            rc = get_chunks(c, pos, k, out, &waited);
+            off += (uint64_t)k * CS_CHUNK_SIZE, out += (size_t)k * CS_CHUNK_SIZE;
+        } else {
+            size_t m = CS_CHUNK_SIZE - in;
+            if (m > end - off) m = (size_t)(end - off);
+            if ((rc = get_chunks(c, pos, 1, c->bounce, &waited)) == 0)
+                memcpy(out, c->bounce + in, m);
+            off += m, out += m;
+        }
+    }
+    if (waited) count(&c->n->stats.waits, 1);
+    return rc;
+}
+
+/* The image's length rounded up to whole 512-byte sectors. QEMU's NBD client (7.2, simple
+ * replies) rounds the size up itself and then waits for the bytes of the last sector that the
+ * server never sends; a raw file of that length looks the same to QEMU (zeros to the end of
+ * its last sector), so the overlay sees the disk it would see on a file. */
+static uint64_t export_size(const cs_image *im)
+{
+    return (im->length + 511) / 512 * 512;
+}
+
+static void *conn_main(void *arg)
+{
+    struct conn *c = arg;
+    node_nbd *n = c->n;
+    node__nbd_io io = {sock_recv, sock_send, store_read_at, c, export_size(n->im)};
+    node__nbd_session(&io, &n->stats);
+    pthread_mutex_lock(&n->mu);
+    close(c->fd);
+    c->fd = -1;
+    c->done = true;
+    pthread_mutex_unlock(&n->mu);
+    return NULL;
+}
+
+/* Joins and frees the connections whose threads have ended; with all, every one (the caller
+ * has cut them). Returns how many remain. Called with n->mu held when !all. */
+static unsigned reap(node_nbd *n, bool all)
+{
+    unsigned live = 0;
+    for (struct conn **pp = &n->conns; *pp;) {
+        struct conn *c = *pp;
+        if (!all && !c->done) {
+            live++;
+            pp = &c->next;
+            continue;
+        }
+        pthread_join(c->thread, NULL); /* done: it has left its critical section or will */
+        *pp = c->next;
+        free(c);
+    }
+    return live;
+}
+
+static void accept_one(node_nbd *n)
+{
+    int fd = accept4(n->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+        if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
+            /* Out of descriptors or memory: wait a little rather than spin. */
+            struct pollfd w = {n->wake[0], POLLIN, 0};
+            poll(&w, 1, 100);
+        }
+        return;
+    }
+    pthread_mutex_lock(&n->mu);
+    struct conn *c = NULL;
+    if (reap(n, false) < NBD__CONNS && (c = calloc(1, sizeof *c))) {
+        c->n = n;
+        c->fd = fd;
+        if (pthread_create(&c->thread, NULL, conn_main, c) == 0) {
+            c->next = n->conns;
+            n->conns = c;
+            count(&n->stats.connections, 1);
+        } else {
+            free(c);
+            c = NULL;
+        }
+    }
+    pthread_mutex_unlock(&n->mu);
+    if (!c) close(fd);
+}
+
+static void *accept_main(void *arg)
+{
+    node_nbd *n = arg;
+    while (!stopping(n)) {
+        struct pollfd p[2] = {{n->lfd, POLLIN, 0}, {n->wake[0], POLLIN, 0}};
+        if (poll(p, 2, -1) < 0) continue;
+        if (p[1].revents) break;
+        if (p[0].revents) accept_one(n);
+    }
+    return NULL;
+}
+
+static void server_free(node_nbd *n)
+{
+    if (n->lfd >= 0) close(n->lfd);
+    if (n->wake[0] >= 0) close(n->wake[0]), close(n->wake[1]);
+    pthread_mutex_destroy(&n->mu);
+    free(n->path);
+    free(n);
+}
+
+int node_nbd_start(cs_store *st, const cs_image *im, const char *path, node_nbd **out,
+                   char err[NODE_ERRMSG])
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) {
+        node__errf(err, "NBD socket path %s is longer than a Unix socket allows (%zu bytes)", path,
+                   sizeof sa.sun_path - 1);
+        return -ENAMETOOLONG;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    node_nbd *n = calloc(1, sizeof *n);
+    if (!n || !(n->path = strdup(path))) {
+        free(n);
+        return -ENOMEM;
+    }
+    n->st = st;
+    n->im = im;
+    n->lfd = n->wake[0] = n->wake[1] = -1;
+    pthread_mutex_init(&n->mu, NULL);
+
+    int rc = 0;
+    const char *what = "creating the NBD socket";
+    struct stat sb;
+    bool exists = lstat(path, &sb) == 0;
+    if (exists && !S_ISSOCK(sb.st_mode)) {
+        node__errf(err, "%s exists and is not a socket: not replacing it with the NBD socket",
+                   path);
+        server_free(n);
+        return -EEXIST;
+    }
+    if (exists && unlink(path) != 0 && errno != ENOENT) { /* a stale socket of an earlier run */
+        rc = -errno, what = "removing the stale NBD socket";
+    } else if (pipe2(n->wake, O_CLOEXEC) != 0) {
+        rc = -errno;
+    } else if ((n->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+        rc = -errno;
+    } else if (bind(n->lfd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        rc = -errno, what = "binding the NBD socket";
+    } else if (chmod(path, 0666) != 0 || listen(n->lfd, NBD__CONNS) != 0) {
+        rc = -errno, what = "setting up the NBD socket";
+        unlink(path);
+    } else if ((rc = -pthread_create(&n->acceptor, NULL, accept_main, n))) {
+        what = "starting the NBD server's thread";
+        unlink(path);
+    }
+    if (rc) {
+        node__errf(err, "%s %s: %s", what, path, node_strerror(rc));
+        server_free(n);
+        return rc;
+    }
+    *out = n;
+    return 0;
+}
+
+void node_nbd_stats_get(node_nbd *n, node_nbd_stats *out)
+{
+    out->connections = __atomic_load_n(&n->stats.connections, __ATOMIC_RELAXED);
+    out->requests = __atomic_load_n(&n->stats.requests, __ATOMIC_RELAXED);
+    out->read_bytes = __atomic_load_n(&n->stats.read_bytes, __ATOMIC_RELAXED);
+    out->waits = __atomic_load_n(&n->stats.waits, __ATOMIC_RELAXED);
+}
+
+void node_nbd_stop(node_nbd *n)
+{
+    if (!n) return;
+    __atomic_store_n(&n->stopping, true, __ATOMIC_RELEASE);
+    ssize_t w;
+    do w = write(n->wake[1], "x", 1);
+    while (w < 0 && errno == EINTR);
+    pthread_join(n->acceptor, NULL);
+    close(n->lfd);
+    n->lfd = -1;
+    pthread_mutex_lock(&n->mu);
+    for (struct conn *c = n->conns; c; c = c->next)
+        if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&n->mu);
+    reap(n, true); /* no new connection can come: the acceptor has ended */
+    unlink(n->path);
+    server_free(n);
+}
