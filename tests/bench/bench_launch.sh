@@ -172,7 +172,8 @@ cl init --home "$W/app" --client-key "$W/client" >/dev/null
 rm -rf "$W/app/store"
 cp -a --sparse=always "$W/full/store" "$W/app/store"
 rm -f "$W/app/store/lock.mdb"
-# The package `cloudlet overlay export` would write (zstd -19): the import reports its size.
+# The package `cloudlet overlay export` would write (zstd level 22, its default): the import
+# reports its size.
 CL_OVERLAY_BYTES=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["overlay_bytes"])' \
     "$W/import-custom.json")
 mkdir -p "$W/launch"
@@ -503,7 +504,7 @@ out = {"pair": a[8], "rate": rate, "rate_bit_per_s": bps,
        "load_start": float(a[10]), "load_end": float(a[11]), "rounds": []}
 def mbit(nbytes, s): return nbytes * 8 / s / 1e6 if s > 0 else 0.0
 print(f"pair: {a[8]}")
-print(f"app link: {rate} both ways (tbf); overlays: cloudlet package (overlay export, zstd -19) "
+print(f"app link: {rate} both ways (tbf); overlays: cloudlet package (overlay export, zstd level 22) "
       f"{cl_ovl / MB:.1f} MB, seed (xdelta3 + xz -9) {seed_ovl / MB:.1f} MB")
 print()
 for rd in rounds:
