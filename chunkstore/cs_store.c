@@ -643,9 +643,10 @@ static int arrival_wait(cs_store *st, const cs_id *id, bool (*stop)(void *), voi
             ts.tv_nsec += 100 * 1000000L;
             if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
             pthread_cond_timedwait(&st->arr_cv, &st->arr_mu, &ts);
-            if (stop && stop(arg)) {
+            if (stop) { /* the caller's callback may take its own locks: not under arr_mu */
                 pthread_mutex_unlock(&st->arr_mu);
-                return -ECANCELED;
+                if (stop(arg)) return -ECANCELED;
+                pthread_mutex_lock(&st->arr_mu);
             }
         }
         pthread_mutex_unlock(&st->arr_mu);

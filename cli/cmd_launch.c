@@ -215,9 +215,9 @@ static void print_json_result(int rc, const cl_node *node, const cl_node *nodes,
                "\"restore_s\": %.3f, \"total_s\": %.3f",
                r->resolve_ms / 1e3, r->transfer_ms / 1e3, r->apply_ms / 1e3, r->restore_ms / 1e3,
                r->total_ms / 1e3);
-    if (r->running_ms) printf(", \"running_s\": %.3f", r->running_ms / 1e3);
     else
         printf(", \"stage\": \"%s\"", cl_stage_name(r->last.stage));
+    if (r->running_ms) printf(", \"running_s\": %.3f", r->running_ms / 1e3);
     printf(", \"sources\": ");
     if (r->done)
         json_sources(r->src, r->nsources);

@@ -554,7 +554,10 @@ typedef struct net_launch_req {
     uint32_t req;
     uint8_t id[NET_ID_BYTES];
     char name[NET_LAUNCH_NAME_MAX + 1];
+    uint8_t flags; /* NET_LAUNCH_F_*; absent on the wire (apps before it) reads as 0 */
 } net_launch_req;
+/* The app understands stage RUNNING: without it the node reports TRANSFER while the VM runs. */
+#define NET_LAUNCH_F_RUNNING 0x01u
 
 typedef struct net_launch_progress {
     uint32_t req;

@@ -225,11 +225,12 @@ int net_launch_encode_req(const net_launch_req *q, uint8_t **out, size_t *len)
     long n = str_check(q->name, NET_LAUNCH_NAME_MAX, name_char);
     if (n < 0) return -EINVAL;
     wbuf w;
-    if (walloc(&w, 4 + NET_ID_BYTES + 1 + (size_t)n)) return -ENOMEM;
+    if (walloc(&w, 4 + NET_ID_BYTES + 1 + (size_t)n + 1)) return -ENOMEM;
     w32(&w, q->req);
     wbytes(&w, q->id, NET_ID_BYTES);
     w8(&w, (uint8_t)n);
     wbytes(&w, q->name, (size_t)n);
+    w8(&w, q->flags);
     return wdone(&w, out, len);
 }
 
@@ -243,6 +244,9 @@ int net_launch_decode_req(const uint8_t *p, size_t len, net_launch_req *out)
     uint8_t n = r8(&r);
     if (n > NET_LAUNCH_NAME_MAX) r.bad = true;
     rstr(&r, n, out->name, name_char);
+    /* flags came later: a LAUNCH without them is an older app's. Bits this node does not know
+     * are a newer app's, and ignored. */
+    if (!r.bad && r.at < r.len) out->flags = r8(&r);
     return finish(&r, out, sizeof *out);
 }
 

@@ -202,7 +202,11 @@ typedef struct node_launch_opts {
     bool early;
     void (*resumed)(void *arg); /* early (may be NULL): called on the launch's thread once the
                                    VM runs, before the disk is complete */
-    void *resumed_arg;
+    /* (may be NULL) asked while the launch waits (for the disk's chunks, for libvirt's pull)
+     * and once more before it succeeds: true makes it give up and undo everything, the
+     * domain included. */
+    bool (*cancelled)(void *arg);
+    void *arg; /* for resumed and cancelled */
 } node_launch_opts;
 
 typedef struct node_launch_report {

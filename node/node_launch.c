@@ -55,6 +55,9 @@ struct node__launch {
      * the progress counters, which are atomic. */
     atomic_bool thread_done;
     atomic_bool vm_running; /* early start: the VM runs while chunks still arrive */
+    atomic_bool cancel;     /* the launch failed: the thread stops waiting and undoes its work */
+    bool app_knows_running; /* the app's LAUNCH said it understands stage RUNNING */
+    uint64_t t_running;     /* when the loop first saw vm_running */
     atomic_uint_fast64_t vm_done, vm_total;
     uint64_t cur_total, cur_base, cur_done;
     node_launch_opts opts;
@@ -88,6 +91,7 @@ static void handle_closed(uv_handle_t *h)
 static void fail(node__launch *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void fail(node__launch *l, const char *fmt, ...)
 {
+    atomic_store(&l->cancel, true);
     if (l->why[0]) return; /* the first cause is the one to tell */
     va_list ap;
     va_start(ap, fmt);
@@ -131,7 +135,8 @@ static void send_progress(node__launch *l, uint64_t now)
     if (!l->pp.planned && !l->thread_started)
         pr.stage = NET_LAUNCH_RESOLVE;
     else if (!l->pulled)
-        pr.stage = atomic_load(&l->vm_running) ? NET_LAUNCH_RUNNING : NET_LAUNCH_TRANSFER;
+        pr.stage = atomic_load(&l->vm_running) && l->app_knows_running ? NET_LAUNCH_RUNNING
+                                                                       : NET_LAUNCH_TRANSFER;
     else if (vm_total == 0 || vm_done < vm_total) /* (0: not known yet) */
         pr.stage = NET_LAUNCH_APPLY;
     else
@@ -170,8 +175,8 @@ static void finish(node__launch *l)
         r->transfer_ms = ms_between(planned, pulled);
         uint64_t end = l->t_thread_end ? l->t_thread_end : now;
         /* Early start restored before the transfer ended: what follows it is the disk's pull
-         * into the overlay. */
-        bool early = atomic_load(&l->vm_running) && l->rep.complete_s > 0;
+         * into the overlay, and the restore is not part of it. */
+        bool early = l->t_running && l->t_running <= pulled;
         r->apply_ms = ms_between(pulled, early || end <= restore ? end : end - restore);
         r->restore_ms = ok ? restore : 0;
         r->total_ms = ms_between(l->t0, now);
@@ -224,6 +229,12 @@ static void on_vm_progress(uint64_t done, uint64_t total, void *arg)
 
 static uint64_t vm_size(node__launch *l);
 
+static bool cancelled(void *arg)
+{
+    node__launch *l = arg;
+    return atomic_load(&l->cancel);
+}
+
 static void on_resumed(void *arg)
 {
     node__launch *l = arg;
@@ -243,6 +254,7 @@ static void run(void *arg)
 static void on_thread_done(uv_async_t *h)
 {
     node__launch *l = h->data;
+    if (atomic_load(&l->vm_running) && !l->t_running) l->t_running = uv_now(&l->d->loop);
     if (!atomic_load(&l->thread_done) || l->thread_joined) {
         if (atomic_load(&l->vm_running) && !l->ended) send_progress(l, uv_now(&l->d->loop));
         return;
@@ -278,7 +290,8 @@ static void start_thread(node__launch *l)
                                  .accel = (node_accel)l->d->accel,
                                  .early = l->d->cfg.early_start,
                                  .resumed = on_resumed,
-                                 .resumed_arg = l};
+                                 .cancelled = cancelled,
+                                 .arg = l};
     if (uv_thread_create(&l->thread, run, l) != 0) {
         fail(l, "cannot start the launch thread");
         return;
@@ -381,6 +394,7 @@ void node__launch_asked(node_daemon *d, void *conn, const uint8_t *payload, size
     l->conn = conn;
     l->req = req.req;
     memcpy(l->id.b, req.id, CS_ID_BYTES);
+    l->app_knows_running = req.flags & NET_LAUNCH_F_RUNNING;
     if (req.name[0]) /* else vm-<12 hex digits of the id>-<6 random hex digits> */
         snprintf(l->name, sizeof l->name, "%s", req.name);
     else

@@ -44,6 +44,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -977,9 +978,10 @@ static int run_program(char *const argv[], char err[NODE_ERRMSG])
     close(out[0]);
     msg[got] = '\0';
     while (got && (msg[got - 1] == '\n' || msg[got - 1] == ' ')) msg[--got] = '\0';
-    int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+    int status = 0;
+    pid_t w;
+    while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {}
+    if (w == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
     node__errf(err, "%s failed: %s", argv[0], got ? msg : "no message");
     return -EIO;
 }
@@ -1000,12 +1002,58 @@ static bool on_path(const char *name)
     return false;
 }
 
+/* The user and group QEMU runs as, from libvirt's DAC security model in its capabilities
+ * (`<baselabel type='qemu'>+64055:+64055</baselabel>`): who alone may connect to the disk's
+ * NBD socket. False when libvirt does not say. */
+static bool qemu_owner(virConnectPtr c, node_accel accel, node_nbd_owner *out)
+{
+    char *caps = virConnectGetCapabilities(c);
+    if (!caps) {
+        virResetLastError();
+        return false;
+    }
+    const char *type = accel == NODE_ACCEL_KVM ? "kvm" : "qemu";
+    bool found = false;
+    for (const char *p = caps; !found && (p = strstr(p, "<baselabel type=")) != NULL; p++) {
+        char q = p[16];
+        unsigned long uid, gid;
+        if ((q != '\'' && q != '"') || strncmp(p + 17, type, strlen(type)) != 0 ||
+            p[17 + strlen(type)] != q)
+            continue;
+        if (sscanf(p + 18 + strlen(type), ">+%lu:+%lu<", &uid, &gid) == 2)
+            out->uid = (uid_t)uid, out->gid = (gid_t)gid, found = true;
+    }
+    free(caps);
+    return found;
+}
+
+/* s with what a URI's query may not hold as such percent-encoded, into a new string. */
+static char *uri_escape(const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char *out = malloc(strlen(s) * 3 + 1), *o = out;
+    if (!out) return NULL;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("/-._~", *p))
+            *o++ = (char)*p;
+        else
+            *o++ = '%', *o++ = hex[*p >> 4], *o++ = hex[*p & 15];
+    }
+    *o = '\0';
+    return out;
+}
+
 /* disk.qcow2 for early start: an empty overlay of the image's size whose backing file is the
  * NBD export on sock (libvirt is told the same in the domain XML). */
 static int make_overlay(const char *path, const char *sock, uint64_t size, char err[NODE_ERRMSG])
 {
-    char *backing = NULL, bytes[32];
-    if (asprintf(&backing, "nbd+unix:///%s?socket=%s", NODE_NBD_EXPORT, sock) < 0) return -ENOMEM;
+    char *backing = NULL, bytes[32], *esc = uri_escape(sock);
+    if (!esc || asprintf(&backing, "nbd+unix:///%s?socket=%s", NODE_NBD_EXPORT, esc) < 0) {
+        free(esc);
+        return -ENOMEM;
+    }
+    free(esc);
     snprintf(bytes, sizeof bytes, "%llu", (unsigned long long)size);
     char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", backing,
                     (char *)path, bytes, NULL};
@@ -1018,10 +1066,15 @@ static int make_overlay(const char *path, const char *sock, uint64_t size, char 
  * the VM runs), then has libvirt pull the NBD backing into the overlay, so the domain no
  * longer needs this process. */
 static int complete_disk(cs_store *st, const cs_image *dimg, virDomainPtr dom, const char *overlay,
-                         char err[NODE_ERRMSG])
+                         const node_launch_opts *o, char err[NODE_ERRMSG])
 {
     size_t bad = 0;
-    int rc = cs_get_arriving(st, dimg->chunks, (size_t)dimg->nchunks, NULL, &bad, NULL, NULL);
+    int rc = cs_get_arriving(st, dimg->chunks, (size_t)dimg->nchunks, NULL, &bad, o->cancelled,
+                             o->arg);
+    if (rc == -ECANCELED) {
+        node__errf(err, "the launch was cancelled while its disk arrived");
+        return rc;
+    }
     if (rc) {
         char hex[CS_ID_HEX + 1];
         node__errf(err, "disk chunk %s at offset %llu: %s", cs_id_to_hex(&dimg->chunks[bad], hex),
@@ -1041,12 +1094,19 @@ static int complete_disk(cs_store *st, const cs_image *dimg, virDomainPtr dom, c
             return -EIO;
         }
         if (j == 0) break; /* the job is over */
+        if (o->cancelled && o->cancelled(o->arg)) {
+            virDomainBlockJobAbort(dom, overlay, 0);
+            node__errf(err, "the launch was cancelled while its disk was pulled into %s", overlay);
+            return -ECANCELED;
+        }
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    /* A job that failed ends too: the domain's disk must have lost its backing. */
-    char *xml = virDomainGetXMLDesc(dom, 0);
-    bool backed = !xml || strstr(xml, "protocol='nbd'") || strstr(xml, "protocol=\"nbd\"");
+    /* A job that failed ends too: the domain's first disk must have lost its backing. */
+    char *xml = virDomainGetXMLDesc(dom, 0), scan_err[NODE_ERRMSG];
+    domain_scan d;
+    bool backed = !xml || scan_domain(xml, &d, scan_err) != 0 ||
+                  (d.has_disk_backing && !d.disk_backing.empty);
     free(xml);
     if (backed) {
         node__errf(err, "the pull into %s ended but the disk is still backed by the store", overlay);
@@ -1096,8 +1156,10 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
         goto fail;
     }
     bool has_mem = node_vm_has_memory(m);
-    /* Early start needs qemu-img for the overlay: without it the disk is written first. */
-    bool early = has_mem && o->early && on_path("qemu-img");
+    /* Early start needs qemu-img for the overlay and a socket path a Unix socket can have
+     * (108 bytes): without them the disk is written first. */
+    bool early = has_mem && o->early && on_path("qemu-img") &&
+                 strlen(o->dir) + sizeof "/disk.sock" <= sizeof((struct sockaddr_un *)0)->sun_path;
     r->booted = !has_mem;
 
     /* Everything that can be checked before writing anything: libvirt answers, no domain has
@@ -1152,7 +1214,9 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
     double t1 = node__now_s();
     int fd = -1;
     if (early) {
-        if ((rc = node_nbd_start(st, dimg, nbd_sock, &nbd, err)) ||
+        node_nbd_owner owner;
+        bool owned = qemu_owner(c, o->accel, &owner); /* (the same user for kvm and qemu) */
+        if ((rc = node_nbd_start(st, dimg, nbd_sock, owned ? &owner : NULL, &nbd, err)) ||
             (rc = make_overlay(disk, nbd_sock, dimg->length, err)))
             goto fail;
         r->disk_s = node__now_s() - t1;
@@ -1272,11 +1336,23 @@ disk_ready:
     }
     r->resumed_s = node__now_s() - t0;
     if (early) {
-        if (o->resumed) o->resumed(o->resumed_arg);
+        if (o->resumed) o->resumed(o->arg);
         double t4 = node__now_s();
-        if ((rc = complete_disk(st, dimg, dom, disk, err))) goto fail;
+        if ((rc = complete_disk(st, dimg, dom, disk, o, err))) goto fail;
+        node_nbd_stats ns;
+        node_nbd_stats_get(nbd, &ns);
+        node_log(NODE_LOG_INFO,
+                 "%s: disk served over NBD until it was whole: %llu connections, %llu requests, "
+                 "%llu bytes read, %llu reads waited for a chunk",
+                 o->name, (unsigned long long)ns.connections, (unsigned long long)ns.requests,
+                 (unsigned long long)ns.read_bytes, (unsigned long long)ns.waits);
         node_nbd_stop(nbd), nbd = NULL;
         r->complete_s = node__now_s() - t4;
+    }
+    if (o->cancelled && o->cancelled(o->arg)) {
+        node__errf(err, "the launch was cancelled");
+        rc = -ECANCELED;
+        goto fail;
     }
     r->total_s = node__now_s() - t0;
     domain_addresses(dom, r->address, sizeof r->address);

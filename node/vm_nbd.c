@@ -555,8 +555,8 @@ static void server_free(node_nbd *n)
     free(n);
 }
 
-int node_nbd_start(cs_store *st, const cs_image *im, const char *path, node_nbd **out,
-                   char err[NODE_ERRMSG])
+int node_nbd_start(cs_store *st, const cs_image *im, const char *path, const node_nbd_owner *owner,
+                   node_nbd **out, char err[NODE_ERRMSG])
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path) {
@@ -589,11 +589,14 @@ int node_nbd_start(cs_store *st, const cs_image *im, const char *path, node_nbd 
         rc = -errno, what = "removing the stale NBD socket";
     } else if (pipe2(n->wake, O_CLOEXEC) != 0) {
         rc = -errno;
-    } else if ((n->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+    } else if ((n->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
+        rc = -errno;
+    } else if (owner && fchmod(n->lfd, 0600) != 0) { /* Linux creates the file with this mode */
         rc = -errno;
     } else if (bind(n->lfd, (struct sockaddr *)&sa, sizeof sa) != 0) {
         rc = -errno, what = "binding the NBD socket";
-    } else if (chmod(path, 0666) != 0 || listen(n->lfd, NBD__CONNS) != 0) {
+    } else if ((owner ? lchown(path, owner->uid, owner->gid) : chmod(path, 0666)) != 0 ||
+               listen(n->lfd, NBD__CONNS) != 0) {
         rc = -errno, what = "setting up the NBD socket";
         unlink(path);
     } else if ((rc = -pthread_create(&n->acceptor, NULL, accept_main, n))) {

@@ -29,13 +29,18 @@ typedef struct node_nbd_stats {
 
 /*
  * Serves image im (its chunks resolved; st and im must outlive the server) as a read-only NBD
- * export on a new Unix socket at path (mode 0666: QEMU runs as another user; the directory
- * decides who may reach it). Each connection is served on a thread of its own. The export is
+ * export on a new Unix socket at path. With owner the socket is that user's and group's, mode
+ * 0600, from the moment it exists (QEMU runs as another user, and only it may read the disk);
+ * with owner NULL it is 0666. Each connection is served on a thread of its own. The export is
  * the image rounded up to whole 512-byte sectors, zeros after the image's end: QEMU's client
  * waits for a partial last sector forever, and reads a raw file of that length the same way.
  */
-int node_nbd_start(cs_store *st, const cs_image *im, const char *path, node_nbd **out,
-                   char err[NODE_ERRMSG]);
+typedef struct node_nbd_owner {
+    uid_t uid;
+    gid_t gid;
+} node_nbd_owner;
+int node_nbd_start(cs_store *st, const cs_image *im, const char *path, const node_nbd_owner *owner,
+                   node_nbd **out, char err[NODE_ERRMSG]);
 void node_nbd_stats_get(node_nbd *n, node_nbd_stats *out);
 /* Stops listening, cuts every connection (a read waiting for a chunk gives up), joins the
  * threads and removes the socket. NULL is a no-op. */

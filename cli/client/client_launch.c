@@ -555,7 +555,7 @@ static void on_established(net_conn *c)
 {
     launch *l = net_conn_data(c);
     l->established = true;
-    net_launch_req q = {.req = 1};
+    net_launch_req q = {.req = 1, .flags = NET_LAUNCH_F_RUNNING};
     memcpy(q.id, l->id, NET_ID_BYTES);
     if (l->o->name) snprintf(q.name, sizeof q.name, "%s", l->o->name);
     uint8_t *buf;

@@ -71,10 +71,6 @@ static void truncations_and_extension(int (*dec)(const uint8_t *, size_t, void *
     free(longer);
 }
 
-static int dec_req(const uint8_t *p, size_t len, void *out)
-{
-    return net_launch_decode_req(p, len, out);
-}
 static int dec_progress(const uint8_t *p, size_t len, void *out)
 {
     return net_launch_decode_progress(p, len, out);
@@ -86,7 +82,7 @@ static int dec_done(const uint8_t *p, size_t len, void *out)
 
 static void launch_round_trips_at_its_bounds(void)
 {
-    net_launch_req q = {.req = 0x01020304}, back;
+    net_launch_req q = {.req = 0x01020304, .flags = NET_LAUNCH_F_RUNNING}, back;
     tl_fill_random(q.id, NET_ID_BYTES, 1);
     const size_t lens[] = {0, 1, NET_LAUNCH_NAME_MAX};
     for (size_t i = 0; i < 3; i++) {
@@ -94,15 +90,28 @@ static void launch_round_trips_at_its_bounds(void)
         uint8_t *out;
         size_t len;
         CHECK_OK(net_launch_encode_req(&q, &out, &len));
-        CHECK_EQ(len, 4 + NET_ID_BYTES + 1 + lens[i]);
+        CHECK_EQ(len, 4 + NET_ID_BYTES + 1 + lens[i] + 1);
         CHECK_EQ(out[0], 1);
         CHECK_EQ(out[4 + NET_ID_BYTES], lens[i]);
         CHECK_OK(net_launch_decode_req(out, len, &back));
         CHECK_EQ(back.req, q.req);
         CHECK_MEM(back.id, q.id, NET_ID_BYTES);
         CHECK_STR(back.name, q.name);
-        if (lens[i] == NET_LAUNCH_NAME_MAX)
-            truncations_and_extension(dec_req, out, len, &back, sizeof back);
+        CHECK_EQ(back.flags, NET_LAUNCH_F_RUNNING);
+        /* Without the flags byte (an app older than it): the same request, flags 0. */
+        CHECK_OK(net_launch_decode_req(out, len - 1, &back));
+        CHECK_STR(back.name, q.name);
+        CHECK_EQ(back.flags, 0);
+        if (lens[i] == NET_LAUNCH_NAME_MAX) { /* any shorter, or longer, is malformed */
+            uint8_t *longer = malloc(len + 1);
+            CHECK(longer);
+            memcpy(longer, out, len);
+            longer[len] = 0;
+            for (size_t l = 0; l < len - 1; l++)
+                CHECK_EQ(net_launch_decode_req(longer, l, &back), NET_EFORMAT);
+            CHECK_EQ(net_launch_decode_req(longer, len + 1, &back), NET_EFORMAT);
+            free(longer);
+        }
         free(out);
     }
 }

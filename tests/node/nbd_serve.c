@@ -38,7 +38,7 @@ int main(int argc, char **argv)
     close(fd);
     node_nbd *n;
     char err[NODE_ERRMSG] = "";
-    if ((rc = node_nbd_start(st, im, argv[3], &n, err))) {
+    if ((rc = node_nbd_start(st, im, argv[3], NULL, &n, err))) {
         fprintf(stderr, "nbd_serve: %s\n", err);
         return 1;
     }

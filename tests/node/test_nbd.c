@@ -88,7 +88,7 @@ static void fx_open(struct fx *f, bool with_missing)
         cs_chunk_id(f->missing, &f->im->chunks[MISSING_POS]);
     }
     char err[NODE_ERRMSG] = "";
-    if (node_nbd_start(f->st, f->im, f->sock, &f->srv, err)) TL_FAIL("start: %s", err);
+    if (node_nbd_start(f->st, f->im, f->sock, NULL, &f->srv, err)) TL_FAIL("start: %s", err);
 }
 
 static void fx_close(struct fx *f)
@@ -611,11 +611,23 @@ static void start_replaces_a_stale_socket_only(void)
     CHECK_OK(bind(s, (struct sockaddr *)&sa, sizeof sa));
     close(s);
     char err[NODE_ERRMSG] = "";
-    CHECK_OK(node_nbd_start(f.st, f.im, f.sock, &f.srv, err));
+    CHECK_OK(node_nbd_start(f.st, f.im, f.sock, NULL, &f.srv, err));
     struct stat sb;
     CHECK_OK(stat(f.sock, &sb));
     CHECK_EQ(sb.st_mode & 0777, 0666);
     int fd = cl_open_go(f.sock);
+    check_read(&f, fd, 0, 10);
+    cl_disc(fd);
+    node_nbd_stop(f.srv);
+    f.srv = NULL;
+    /* With an owner (QEMU's user): that user's, mode 0600. */
+    node_nbd_owner me = {getuid(), getgid()};
+    CHECK_OK(node_nbd_start(f.st, f.im, f.sock, &me, &f.srv, err));
+    CHECK_OK(stat(f.sock, &sb));
+    CHECK_EQ(sb.st_mode & 0777, 0600);
+    CHECK_EQ(sb.st_uid, me.uid);
+    CHECK_EQ(sb.st_gid, me.gid);
+    fd = cl_open_go(f.sock);
     check_read(&f, fd, 0, 10);
     cl_disc(fd);
     node_nbd_stop(f.srv);
@@ -625,7 +637,7 @@ static void start_replaces_a_stale_socket_only(void)
     snprintf(path, sizeof path, "%s/plain", f.dir);
     close(open(path, O_WRONLY | O_CREAT, 0644));
     node_nbd *n = NULL;
-    CHECK_EQ(node_nbd_start(f.st, f.im, path, &n, err), -EEXIST);
+    CHECK_EQ(node_nbd_start(f.st, f.im, path, NULL, &n, err), -EEXIST);
     CHECK(strstr(err, "not a socket") != NULL);
     CHECK_OK(stat(path, &sb));
     CHECK(S_ISREG(sb.st_mode));

@@ -177,8 +177,9 @@ app_launch_runs_before_its_disk_has_arrived() {
     local app=$!
     for _ in $(seq 1200); do grep -q '"stage": "running"' "$T/j" && break; sleep 0.05; done
     grep -q '"stage": "running"' "$T/j" || fail "no running stage: $(cat "$T/j" "$T/err")"
-    # While the disk still arrives: the guest answers, and a file read from its disk after the
-    # page cache is dropped comes through the node's NBD server.
+    # While the disk still arrives (about two seconds here): the guest answers, and reads a file
+    # from its disk after its page cache is dropped, through the node's NBD server while it runs
+    # (or from the overlay, if the pull has ended by then; the node's log tells which).
     sock=$CLOUDLET_LAUNCH_DIR/$name/console.sock
     [ -S "$CLOUDLET_LAUNCH_DIR/$name/disk.sock" ] || fail "no NBD socket while the VM runs"
     [ "$(guest_run "$sock" 'echo 3 >/proc/sys/vm/drop_caches; echo MARK=$(cat /mnt/custom.txt)')" = \
@@ -196,6 +197,7 @@ print(f"running after {r['running_s']} s of {r['total_s']} s; "
       f"{running[0]['fetch_total'] - running[0]['fetch_done']} chunk bytes still to come then")
 PY
     resumed "$name"
+    grep -o "$name: disk served over NBD.*" "$NODE_HOME.log" || fail "no NBD report in the node's log"
     # The end state: the disk is the standalone overlay, the NBD server is gone.
     virsh_ dumpxml "$name" >"$T/live.xml"
     grep -q "type='qcow2'" "$T/live.xml" || fail "the disk is not the qcow2 overlay"
