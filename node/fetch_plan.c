@@ -12,6 +12,9 @@
  * - The origin gets exactly the chunks no live neighbour holds, or whose every holder failed
  *   them (gone, timed out, or sent bytes that did not match the id).
  * - Every chunk is in exactly one state: pending, in flight at one source, or done.
+ * - Urgent chunks (a running VM reads them: early start) jump every queue: each source is
+ *   offered the urgent chunks it can give before its own queue. The list is short (what reads
+ *   wait for) and scanned whole.
  */
 #define _GNU_SOURCE
 #include "node_internal.h"
@@ -44,6 +47,8 @@ struct node_plan {
     struct peer *p;
     uint32_t *origin_q; /* chunks only the origin can give, in order of need */
     size_t onq, ohead, ocap;
+    uint32_t *urgent;   /* pending chunks wanted now, oldest first */
+    size_t nurgent, curgent;
     uint64_t origin_inflight, origin_received;
     uint64_t done, timeout;
 };
@@ -84,7 +89,58 @@ void node_plan_free(node_plan *p)
     free(p->p);
     free(p->c);
     free(p->origin_q);
+    free(p->urgent);
     free(p);
+}
+
+int node_plan_urgent(node_plan *p, const uint32_t *idx, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t c = idx[i];
+        if (c >= p->n || p->c[c].state != ST_PENDING) continue;
+        bool listed = false;
+        for (size_t j = 0; j < p->nurgent && !listed; j++) listed = p->urgent[j] == c;
+        if (listed) continue;
+        if (p->nurgent == p->curgent) {
+            size_t cap = p->curgent ? p->curgent * 2 : 64;
+            uint32_t *u = realloc(p->urgent, cap * sizeof *u);
+            if (!u) return -ENOMEM;
+            p->urgent = u, p->curgent = cap;
+        }
+        p->urgent[p->nurgent++] = c;
+    }
+    return 0;
+}
+
+/* Whether source may give chunk c: a neighbour that holds it, or the origin when no live
+ * neighbour does. */
+static bool can_give(const node_plan *p, int source, uint32_t c)
+{
+    if (source == NODE_PLAN_ORIGIN) return p->c[c].holders == 0;
+    return p->p[source].live && bit(p->p[source].has, c);
+}
+
+/* Moves the urgent chunks source can give into out (at most max), dropping from the list
+ * those no longer pending. */
+static size_t take_urgent(node_plan *p, int source, size_t max, uint32_t *out, uint64_t now)
+{
+    size_t k = 0, keep = 0;
+    for (size_t i = 0; i < p->nurgent; i++) {
+        uint32_t c = p->urgent[i];
+        if (p->c[c].state != ST_PENDING) continue;
+        if (k == max || !can_give(p, source, c)) {
+            p->urgent[keep++] = c;
+            continue;
+        }
+        p->c[c].state = ST_INFLIGHT, p->c[c].source = source, p->c[c].since = now;
+        if (source == NODE_PLAN_ORIGIN)
+            p->origin_inflight++;
+        else
+            p->p[source].inflight++;
+        out[k++] = c;
+    }
+    p->nurgent = keep;
+    return k;
 }
 
 static int origin_push(node_plan *p, uint32_t idx)
@@ -135,7 +191,8 @@ int node_plan_start(node_plan *p, const uint8_t *const *holdings)
 
 size_t node_plan_next(node_plan *p, int source, size_t max, uint32_t *out, uint64_t now)
 {
-    size_t k = 0;
+    if (source != NODE_PLAN_ORIGIN && !p->p[source].live) return 0;
+    size_t k = p->nurgent ? take_urgent(p, source, max, out, now) : 0;
     if (source == NODE_PLAN_ORIGIN) {
         while (k < max && p->ohead < p->onq) {
             uint32_t c = p->origin_q[p->ohead++];
@@ -147,7 +204,6 @@ size_t node_plan_next(node_plan *p, int source, size_t max, uint32_t *out, uint6
         return k;
     }
     struct peer *pe = &p->p[source];
-    if (!pe->live) return 0;
     while (k < max && pe->head < pe->nq) {
         uint32_t c = pe->queue[pe->head++];
         if (p->c[c].state != ST_PENDING || !bit(pe->has, c)) continue;

@@ -1,5 +1,7 @@
 /* Fuzz target: the NBD server's protocol (vm_nbd.c) from the first byte of the handshake, the
- * input being everything the client sends. Anyone who reaches the export's socket speaks it. */
+ * input being everything the client sends. Anyone who reaches the export's socket speaks it.
+ * Simple and structured replies, the meta context options and BLOCK_STATUS are all reached
+ * (node__nbd_session knows of no hole: reads and extents are all data). */
 #include "vm_nbd.h"
 
 #include <errno.h>

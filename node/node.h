@@ -206,7 +206,10 @@ typedef struct node_launch_opts {
      * and once more before it succeeds: true makes it give up and undo everything, the
      * domain included. */
     bool (*cancelled)(void *arg);
-    void *arg; /* for resumed and cancelled */
+    /* early (may be NULL): called on the NBD server's threads with the chunks a read of the
+     * running VM waits for (node_nbd_opts.want), so the fetch can bring them first */
+    void (*want)(const cs_id *ids, size_t n, void *arg);
+    void *arg; /* for resumed, cancelled and want */
 } node_launch_opts;
 
 typedef struct node_launch_report {

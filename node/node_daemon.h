@@ -111,6 +111,11 @@ typedef struct node__pull_progress_t {
 } node__pull_progress_t;
 int node__pull_progress(node_daemon *d, const cs_id *id, void *arg, node__pull_progress_t *out);
 
+/* Chunks of manifest id that a running VM waits for (early start, read through NBD): the pull
+ * of id under way asks for them before any other. CS_ENOTFOUND when no pull of id is fetching
+ * (ids it does not fetch are ignored). */
+int node__pull_urgent(node_daemon *d, const cs_id *id, const cs_id *ids, size_t n);
+
 /* The first 12 hex digits of a node key, as logs and tables show it. Returns out. */
 const char *node__short_hex(const uint8_t *k, char out[13]);
 

@@ -99,7 +99,11 @@ void node_plan_free(node_plan *p);
 /* holdings[i]: bitmap of the chunks neighbour i holds (bit c = byte c/8, 1 << c%8), NULL for a
  * neighbour that did not answer. Chunks nobody holds go to the origin's queue. */
 int node_plan_start(node_plan *p, const uint8_t *const *holdings);
-/* Up to max chunk indexes for source to fetch now (written to out); 0 when it has none. */
+/* Chunks wanted now (a running VM waits for them): offered before any other to every source
+ * that can give them. Chunks not pending any more are ignored. */
+int node_plan_urgent(node_plan *p, const uint32_t *idx, size_t n);
+/* Up to max chunk indexes for source to fetch now (written to out); 0 when it has none. The
+ * urgent ones first. */
 size_t node_plan_next(node_plan *p, int source, size_t max, uint32_t *out, uint64_t now);
 void node_plan_received(node_plan *p, int source, uint32_t chunk, bool verified);
 void node_plan_not_held(node_plan *p, int source, uint32_t chunk);

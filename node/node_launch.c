@@ -31,6 +31,7 @@
 
 #define TICK_MS 100
 #define PROGRESS_MS 250
+#define WANT_MAX 1024
 
 struct node__launch {
     node_daemon *d;
@@ -57,6 +58,11 @@ struct node__launch {
     atomic_bool vm_running; /* early start: the VM runs while chunks still arrive */
     atomic_bool cancel;     /* the launch failed: the thread stops waiting and undoes its work */
     bool app_knows_running; /* the app's LAUNCH said it understands stage RUNNING */
+    /* Chunks the running VM's reads wait for (NBD's threads add, the loop takes them to the
+     * pull); more than fit are dropped: it is a hint. */
+    uv_mutex_t want_mu;
+    cs_id want[WANT_MAX];
+    size_t nwant;
     uint64_t t_running;     /* when the loop first saw vm_running */
     atomic_uint_fast64_t vm_done, vm_total;
     uint64_t cur_total, cur_base, cur_done;
@@ -78,6 +84,7 @@ static void free_if_closed(node__launch *l)
             *pp = l->next;
             break;
         }
+    uv_mutex_destroy(&l->want_mu);
     free(l);
 }
 
@@ -229,6 +236,28 @@ static void on_vm_progress(uint64_t done, uint64_t total, void *arg)
 
 static uint64_t vm_size(node__launch *l);
 
+/* From the NBD server's threads: a read of the running VM waits for these chunks. */
+static void on_want(const cs_id *ids, size_t n, void *arg)
+{
+    node__launch *l = arg;
+    uv_mutex_lock(&l->want_mu);
+    for (size_t i = 0; i < n && l->nwant < WANT_MAX; i++) l->want[l->nwant++] = ids[i];
+    uv_mutex_unlock(&l->want_mu);
+    uv_async_send(&l->async);
+}
+
+/* On the loop: what the VM waits for goes to the head of the pull's queues. */
+static void pass_wants(node__launch *l)
+{
+    cs_id ids[WANT_MAX];
+    uv_mutex_lock(&l->want_mu);
+    size_t n = l->nwant;
+    memcpy(ids, l->want, n * sizeof *ids);
+    l->nwant = 0;
+    uv_mutex_unlock(&l->want_mu);
+    if (n && !l->why[0]) node__pull_urgent(l->d, &l->id, ids, n);
+}
+
 static bool cancelled(void *arg)
 {
     node__launch *l = arg;
@@ -255,6 +284,7 @@ static void on_thread_done(uv_async_t *h)
 {
     node__launch *l = h->data;
     if (atomic_load(&l->vm_running) && !l->t_running) l->t_running = uv_now(&l->d->loop);
+    pass_wants(l);
     if (!atomic_load(&l->thread_done) || l->thread_joined) {
         if (atomic_load(&l->vm_running) && !l->ended) send_progress(l, uv_now(&l->d->loop));
         return;
@@ -291,6 +321,7 @@ static void start_thread(node__launch *l)
                                  .early = l->d->cfg.early_start,
                                  .resumed = on_resumed,
                                  .cancelled = cancelled,
+                                 .want = on_want,
                                  .arg = l};
     if (uv_thread_create(&l->thread, run, l) != 0) {
         fail(l, "cannot start the launch thread");
@@ -388,6 +419,11 @@ void node__launch_asked(node_daemon *d, void *conn, const uint8_t *payload, size
     if (!l || net_launch_decode_req(payload, len, &req) != 0) {
         free(l);
         node__conn_end(conn); /* malformed: nothing to answer */
+        return;
+    }
+    if (uv_mutex_init(&l->want_mu) != 0) {
+        free(l);
+        node__conn_end(conn);
         return;
     }
     l->d = d;

@@ -128,6 +128,7 @@ struct node__pull {
     uint32_t n;
     uint64_t unique_chunks, held_before;
     node_plan *plan;
+    uint32_t *by_id; /* plan indexes sorted by their chunk's id, made at the first urgent ask */
     uint32_t next_req;
     unsigned rr; /* the source ties start from */
     unsigned verifying;
@@ -260,6 +261,7 @@ static void pull_maybe_free(node__pull *p)
     free(p->mbuf);
     free(p->missing);
     free(p->bases);
+    free(p->by_id);
     node_plan_free(p->plan);
     free(p);
 }
@@ -1685,6 +1687,45 @@ int node__pull_progress(node_daemon *d, const cs_id *id, void *arg, node__pull_p
     }
     snprintf(out->err, sizeof out->err, "%s", p->err);
     return 0;
+}
+
+static int cmp_idx_by_id(const void *a, const void *b, void *arg)
+{
+    const cs_id *ids = arg;
+    return memcmp(ids[*(const uint32_t *)a].b, ids[*(const uint32_t *)b].b, CS_ID_BYTES);
+}
+
+int node__pull_urgent(node_daemon *d, const cs_id *id, const cs_id *ids, size_t n)
+{
+    node__pull *p = NULL;
+    for (node__pull *q = d->xchg ? d->xchg->pulls : NULL; q && !p; q = q->next)
+        if (cs_id_equal(&q->id, id) && q->phase == P_FETCH && q->plan) p = q;
+    if (!p) return CS_ENOTFOUND;
+    if (!p->by_id) {
+        if (!(p->by_id = malloc((p->n ? p->n : 1) * sizeof *p->by_id))) return -ENOMEM;
+        for (uint32_t i = 0; i < p->n; i++) p->by_id[i] = i;
+        qsort_r(p->by_id, p->n, sizeof *p->by_id, cmp_idx_by_id, p->missing);
+    }
+    uint32_t idx[256];
+    size_t k = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        size_t lo = 0, hi = p->n; /* the first index whose id is not below ids[i] */
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (memcmp(p->missing[p->by_id[mid]].b, ids[i].b, CS_ID_BYTES) < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < p->n && cs_id_equal(&p->missing[p->by_id[lo]], &ids[i])) idx[k++] = p->by_id[lo];
+        if (k == sizeof idx / sizeof idx[0] || (i + 1 == n && k)) {
+            rc = node_plan_urgent(p->plan, idx, k);
+            k = 0;
+        }
+    }
+    if (rc == 0) pull_pump(p);
+    return rc;
 }
 
 void node__pull_drained(xsource *s)

@@ -1216,7 +1216,8 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
     if (early) {
         node_nbd_owner owner;
         bool owned = qemu_owner(c, o->accel, &owner); /* (the same user for kvm and qemu) */
-        if ((rc = node_nbd_start(st, dimg, nbd_sock, owned ? &owner : NULL, &nbd, err)) ||
+        node_nbd_opts nopts = {.owner = owned ? &owner : NULL, .want = o->want, .arg = o->arg};
+        if ((rc = node_nbd_start(st, dimg, nbd_sock, &nopts, &nbd, err)) ||
             (rc = make_overlay(disk, nbd_sock, dimg->length, err)))
             goto fail;
         r->disk_s = node__now_s() - t1;

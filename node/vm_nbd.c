@@ -4,12 +4,20 @@
  * Design notes:
  * - The protocol (node__nbd_session) knows nothing of sockets or the store: it reads the
  *   client's bytes, writes replies and asks for image bytes through node__nbd_io, so the fuzz
- *   target and the tests drive it from memory. It speaks the "fixed newstyle" handshake and
- *   simple replies only (docs: the NBD project's doc/proto.md): a reply's error code must be
- *   known before its data goes out, so a read is assembled whole before it is answered.
+ *   target and the tests drive it from memory. It speaks the "fixed newstyle" handshake
+ *   (docs: the NBD project's doc/proto.md), with simple replies unless the client negotiates
+ *   structured replies, and then the base:allocation meta context if it asks. A simple reply's
+ *   error code must be known before its data goes out, so a read is assembled whole before it
+ *   is answered, in either form.
+ * - Which ranges are holes (read as zeros by construction) is the server's knowledge, not the
+ *   protocol's: the session asks an extent function (the image's zero chunks), or, run from
+ *   node__nbd_session, knows of none and calls everything data, which the protocol always
+ *   allows. Holes become OFFSET_HOLE chunks in a structured read (no zeros cross the socket)
+ *   and HOLE|ZERO extents in BLOCK_STATUS, so QEMU knows where a sparse disk's zeros are.
  * - Nothing the client sends decides an allocation beyond fixed bounds: option data is at most
  *   NBD__OPT_MAX bytes (larger options are discarded in pieces), a read or a write at most
- *   NBD__IO_MAX. A write's payload is read and discarded: the export is read-only.
+ *   NBD__IO_MAX, a BLOCK_STATUS reply at most NBD__EXTENTS_MAX extents. A write's payload is
+ *   read and discarded: the export is read-only.
  * - The server runs one accept thread and one thread per connection (at most NBD__CONNS).
  *   A connection closes its own socket, under the server's lock, when its session ends;
  *   node_nbd_stop shuts down the sockets still open under that lock (so it never touches a
@@ -24,6 +32,7 @@
 
 #include "node_internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -43,6 +52,7 @@
 #define NBD_REP_MAGIC          0x3e889045565a9ull
 #define NBD_REQUEST_MAGIC      0x25609513u
 #define NBD_SIMPLE_REPLY_MAGIC 0x67446698u
+#define NBD_STRUCTURED_MAGIC   0x668e33efu
 
 #define NBD_FLAG_FIXED_NEWSTYLE (1u << 0)
 #define NBD_FLAG_NO_ZEROES      (1u << 1)
@@ -60,15 +70,19 @@ enum {
     NBD_OPT_LIST = 3,
     NBD_OPT_INFO = 6,
     NBD_OPT_GO = 7,
+    NBD_OPT_STRUCTURED_REPLY = 8,
+    NBD_OPT_LIST_META_CONTEXT = 9,
+    NBD_OPT_SET_META_CONTEXT = 10,
 };
 
-#define NBD_REP_ACK         1u
-#define NBD_REP_SERVER      2u
-#define NBD_REP_INFO        3u
-#define NBD_REP_ERR_UNSUP   (0x80000000u + 1)
-#define NBD_REP_ERR_INVALID (0x80000000u + 3)
-#define NBD_REP_ERR_UNKNOWN (0x80000000u + 6)
-#define NBD_REP_ERR_TOO_BIG (0x80000000u + 9)
+#define NBD_REP_ACK          1u
+#define NBD_REP_SERVER       2u
+#define NBD_REP_INFO         3u
+#define NBD_REP_META_CONTEXT 4u
+#define NBD_REP_ERR_UNSUP    (0x80000000u + 1)
+#define NBD_REP_ERR_INVALID  (0x80000000u + 3)
+#define NBD_REP_ERR_UNKNOWN  (0x80000000u + 6)
+#define NBD_REP_ERR_TOO_BIG  (0x80000000u + 9)
 
 #define NBD_INFO_EXPORT     0u
 #define NBD_INFO_BLOCK_SIZE 3u
@@ -81,9 +95,27 @@ enum {
     NBD_CMD_TRIM = 4,
     NBD_CMD_CACHE = 5,
     NBD_CMD_WRITE_ZEROES = 6,
+    NBD_CMD_BLOCK_STATUS = 7,
 };
 /* FUA, NO_HOLE, DF, REQ_ONE, FAST_ZERO: any other request flag is refused. */
-#define NBD_CMD_FLAGS_KNOWN 0x1fu
+#define NBD_CMD_FLAGS_KNOWN  0x1fu
+#define NBD_CMD_FLAG_REQ_ONE (1u << 3)
+
+#define NBD_REPLY_FLAG_DONE         1u
+#define NBD_REPLY_TYPE_NONE         0u
+#define NBD_REPLY_TYPE_OFFSET_DATA  1u
+#define NBD_REPLY_TYPE_OFFSET_HOLE  2u
+#define NBD_REPLY_TYPE_BLOCK_STATUS 5u
+#define NBD_REPLY_TYPE_ERROR        0x8001u
+
+/* base:allocation, the one meta context served, and its extents' flags. */
+#define NBD_META_ALLOCATION "base:allocation"
+#define NBD_STATE_HOLE      (1u << 0)
+#define NBD_STATE_ZERO      (1u << 1)
+/* The id SET_META_CONTEXT gives base:allocation (LIST answers 0, as the protocol says). */
+#define NBD__CONTEXT_ID 1u
+/* The most extents one BLOCK_STATUS reply carries: the client asks again from where it ends. */
+#define NBD__EXTENTS_MAX 1024u
 
 #define NBD_EPERM  1u
 #define NBD_EIO    5u
@@ -95,13 +127,22 @@ enum {
  * with the fields around it and a generous list of information requests. */
 #define NBD__OPT_MAX (4096u + 4096u)
 
+/* Where the export reads as zeros by construction: the length of the run from off (more than
+ * 0, at most len; len > 0 and off + len within the export) whose bytes all do (*hole true) or
+ * may not (*hole false). Called with the io's arg. */
+typedef uint64_t extent_fn(void *arg, uint64_t off, uint64_t len, bool *hole);
+
 struct session {
     const node__nbd_io *io;
+    extent_fn *extent; /* NULL: no hole known, everything is data */
     node_nbd_stats *stats;
     bool no_zeroes;
-    uint8_t *buf; /* a read's reply, header and data; grown on demand up to NBD__IO_MAX */
+    bool structured; /* NBD_OPT_STRUCTURED_REPLY was acknowledged */
+    bool allocation; /* the last NBD_OPT_SET_META_CONTEXT selected base:allocation */
+    uint8_t *buf;    /* a read's reply, header and data; grown on demand up to NBD__IO_MAX */
     size_t cap;
     uint8_t opt[NBD__OPT_MAX];
+    uint8_t status[20 + 4 + 8 * NBD__EXTENTS_MAX]; /* a BLOCK_STATUS reply: header, id, extents */
 };
 
 static void put16(uint8_t *p, uint16_t v)
@@ -204,6 +245,52 @@ static int opt_info(struct session *s, uint32_t opt, uint32_t len, bool *go)
     return rc;
 }
 
+static bool string_is(const uint8_t *p, size_t len, const char *str)
+{
+    return len == strlen(str) && memcmp(p, str, len) == 0;
+}
+
+/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: u32 name length, name, u32 count,
+ * count queries of u32 length and string. The one context is base:allocation: SET selects it
+ * when a query names it; LIST names it for no query, for "base:" or for its name. Queries for
+ * anything else are ignored, as the protocol says. SET replaces the selection even when it
+ * fails. */
+static int opt_meta(struct session *s, uint32_t opt, uint32_t len)
+{
+    const uint8_t *d = s->opt;
+    bool set = opt == NBD_OPT_SET_META_CONTEXT;
+    if (set) s->allocation = false;
+    if (!s->structured)
+        return opt_error(s, opt, NBD_REP_ERR_INVALID, "meta contexts need structured replies");
+    if (len < 8 || get32(d) > len - 8)
+        return opt_error(s, opt, NBD_REP_ERR_INVALID, "malformed meta context request");
+    uint32_t namelen = get32(d), nquery = get32(d + 4 + namelen);
+    bool match = !set && nquery == 0;
+    size_t at = 8 + (size_t)namelen; /* at <= len throughout */
+    for (uint32_t i = 0; i < nquery; i++) {
+        if (len - at < 4 || get32(d + at) > len - at - 4)
+            return opt_error(s, opt, NBD_REP_ERR_INVALID, "malformed meta context request");
+        const uint8_t *q = d + at + 4;
+        uint32_t qlen = get32(d + at);
+        match |= string_is(q, qlen, NBD_META_ALLOCATION) || (!set && string_is(q, qlen, "base:"));
+        at += 4 + (size_t)qlen;
+    }
+    if (at != len) return opt_error(s, opt, NBD_REP_ERR_INVALID, "malformed meta context request");
+    if (!export_name_ok(d + 4, namelen))
+        return opt_error(s, opt, NBD_REP_ERR_UNKNOWN,
+                         "no such export (it is \"" NODE_NBD_EXPORT "\")");
+    int rc = 0;
+    if (match) {
+        uint8_t ctx[4 + sizeof NBD_META_ALLOCATION - 1];
+        put32(ctx, set ? NBD__CONTEXT_ID : 0);
+        memcpy(ctx + 4, NBD_META_ALLOCATION, sizeof NBD_META_ALLOCATION - 1);
+        rc = opt_reply(s, opt, NBD_REP_META_CONTEXT, ctx, sizeof ctx);
+    }
+    if (rc == 0) rc = opt_reply(s, opt, NBD_REP_ACK, NULL, 0);
+    s->allocation = set && match && rc == 0;
+    return rc;
+}
+
 /* The handshake up to transmission: 1 when the client chose the export, 0 after
  * NBD_OPT_ABORT, negative when the stream ends or breaks the protocol. */
 static int handshake(struct session *s)
@@ -259,7 +346,17 @@ static int handshake(struct session *s)
         }
         case NBD_OPT_INFO:
         case NBD_OPT_GO: rc = opt_info(s, opt, len, &go); break;
-        default: /* STARTTLS, STRUCTURED_REPLY, the meta contexts and anything newer */
+        case NBD_OPT_STRUCTURED_REPLY:
+            if (len) {
+                rc = opt_error(s, opt, NBD_REP_ERR_INVALID, "STRUCTURED_REPLY takes no data");
+                break;
+            }
+            s->structured = true;
+            rc = opt_reply(s, opt, NBD_REP_ACK, NULL, 0);
+            break;
+        case NBD_OPT_LIST_META_CONTEXT:
+        case NBD_OPT_SET_META_CONTEXT: rc = opt_meta(s, opt, len); break;
+        default: /* STARTTLS, EXTENDED_HEADERS and anything newer */
             rc = opt_error(s, opt, NBD_REP_ERR_UNSUP, "option not supported");
             break;
         }
@@ -268,36 +365,124 @@ static int handshake(struct session *s)
     }
 }
 
-static int simple_reply(struct session *s, uint32_t error, const uint8_t cookie[8])
+static void chunk_header(uint8_t h[20], uint16_t flags, uint16_t type, const uint8_t cookie[8],
+                         uint32_t len)
 {
-    uint8_t r[16];
-    put32(r, NBD_SIMPLE_REPLY_MAGIC);
-    put32(r + 4, error);
-    memcpy(r + 8, cookie, 8);
-    int rc = s->io->send(s->io->arg, r, sizeof r);
+    put32(h, NBD_STRUCTURED_MAGIC);
+    put16(h + 4, flags);
+    put16(h + 6, type);
+    memcpy(h + 8, cookie, 8);
+    put32(h + 16, len);
+}
+
+/* The whole answer to a request that carries no data back: a simple reply, or with structured
+ * replies a NONE chunk (success) or an ERROR chunk without a message, marked the last. */
+static int reply(struct session *s, uint32_t error, const uint8_t cookie[8])
+{
+    uint8_t r[20 + 6];
+    size_t n = 16;
+    if (!s->structured) {
+        put32(r, NBD_SIMPLE_REPLY_MAGIC);
+        put32(r + 4, error);
+        memcpy(r + 8, cookie, 8);
+    } else if (error == 0) {
+        chunk_header(r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, 0);
+        n = 20;
+    } else {
+        chunk_header(r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, cookie, 6);
+        put32(r + 20, error);
+        put16(r + 24, 0);
+        n = 26;
+    }
+    int rc = s->io->send(s->io->arg, r, n);
     if (rc == 0) count(&s->stats->requests, 1);
+    return rc;
+}
+
+/* The run at off (at most len bytes) that is all hole or all data. */
+static uint64_t extent_at(struct session *s, uint64_t off, uint64_t len, bool *hole)
+{
+    *hole = false;
+    if (!s->extent) return len;
+    uint64_t k = s->extent(s->io->arg, off, len, hole);
+    assert(k > 0 && k <= len);
+    return k;
+}
+
+/* A read's bytes (data, [off, off + len) of the export) as structured chunks: OFFSET_HOLE for
+ * each run of hole, OFFSET_DATA for each run of data, the last marked DONE. Only the data
+ * counts as read bytes sent. */
+static int send_read_chunks(struct session *s, const uint8_t cookie[8], uint64_t off, uint32_t len,
+                            const uint8_t *data)
+{
+    int rc = 0;
+    for (uint64_t at = off, end = off + len; rc == 0 && at < end;) {
+        bool hole;
+        uint32_t k = (uint32_t)extent_at(s, at, end - at, &hole);
+        uint16_t flags = at + k == end ? NBD_REPLY_FLAG_DONE : 0;
+        uint8_t h[20 + 12];
+        put64(h + 20, at);
+        if (hole) {
+            chunk_header(h, flags, NBD_REPLY_TYPE_OFFSET_HOLE, cookie, 12);
+            put32(h + 28, k);
+            rc = s->io->send(s->io->arg, h, 32);
+        } else {
+            chunk_header(h, flags, NBD_REPLY_TYPE_OFFSET_DATA, cookie, 8 + k);
+            rc = s->io->send(s->io->arg, h, 28);
+            if (rc == 0) rc = s->io->send(s->io->arg, data + (at - off), k);
+            if (rc == 0) count(&s->stats->read_bytes, k);
+        }
+        at += k;
+    }
     return rc;
 }
 
 static int cmd_read(struct session *s, const uint8_t cookie[8], uint64_t off, uint32_t len)
 {
     if (len == 0 || len > NBD__IO_MAX || off > s->io->size || len > s->io->size - off)
-        return simple_reply(s, NBD_EINVAL, cookie);
+        return reply(s, NBD_EINVAL, cookie);
     size_t need = 16 + (size_t)len;
     if (need > s->cap) {
         uint8_t *b = realloc(s->buf, need);
-        if (!b) return simple_reply(s, NBD_EIO, cookie);
+        if (!b) return reply(s, NBD_EIO, cookie);
         s->buf = b, s->cap = need;
     }
-    if (s->io->read_at(s->io->arg, off, len, s->buf + 16)) return simple_reply(s, NBD_EIO, cookie);
-    put32(s->buf, NBD_SIMPLE_REPLY_MAGIC);
-    put32(s->buf + 4, 0);
-    memcpy(s->buf + 8, cookie, 8);
-    int rc = s->io->send(s->io->arg, s->buf, need);
-    if (rc == 0) {
-        count(&s->stats->requests, 1);
-        count(&s->stats->read_bytes, len);
+    if (s->io->read_at(s->io->arg, off, len, s->buf + 16)) return reply(s, NBD_EIO, cookie);
+    int rc;
+    if (s->structured) {
+        rc = send_read_chunks(s, cookie, off, len, s->buf + 16);
+    } else {
+        put32(s->buf, NBD_SIMPLE_REPLY_MAGIC);
+        put32(s->buf + 4, 0);
+        memcpy(s->buf + 8, cookie, 8);
+        rc = s->io->send(s->io->arg, s->buf, need);
+        if (rc == 0) count(&s->stats->read_bytes, len);
     }
+    if (rc == 0) count(&s->stats->requests, 1);
+    return rc;
+}
+
+/* base:allocation from off: one BLOCK_STATUS chunk of extents, holes (HOLE | ZERO) and data
+ * (0) in turn, covering at most len bytes in at most NBD__EXTENTS_MAX extents (one with
+ * REQ_ONE); a client asks again from where the reply ends. */
+static int cmd_block_status(struct session *s, const uint8_t cookie[8], uint16_t flags,
+                            uint64_t off, uint32_t len)
+{
+    if (!s->allocation || len == 0 || off > s->io->size || len > s->io->size - off)
+        return reply(s, NBD_EINVAL, cookie);
+    uint32_t max = flags & NBD_CMD_FLAG_REQ_ONE ? 1 : NBD__EXTENTS_MAX, n = 0;
+    uint8_t *e = s->status + 24;
+    for (uint64_t at = off, end = off + len; at < end && n < max; n++, e += 8) {
+        bool hole;
+        uint32_t k = (uint32_t)extent_at(s, at, end - at, &hole);
+        put32(e, k);
+        put32(e + 4, hole ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0);
+        at += k;
+    }
+    chunk_header(s->status, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, cookie, 4 + 8 * n);
+    put32(s->status + 20, NBD__CONTEXT_ID);
+    int rc = s->io->send(s->io->arg, s->status, 24 + 8 * (size_t)n);
+    if (rc == 0) count(&s->stats->requests, 1);
     return rc;
 }
 
@@ -320,30 +505,33 @@ static int transmission(struct session *s)
         }
         if (type == NBD_CMD_DISC) return 0;
         if (flags & ~NBD_CMD_FLAGS_KNOWN) {
-            rc = simple_reply(s, NBD_EINVAL, cookie);
+            rc = reply(s, NBD_EINVAL, cookie);
         } else {
             switch (type) {
             case NBD_CMD_READ: rc = cmd_read(s, cookie, off, len); break;
             case NBD_CMD_WRITE:
             case NBD_CMD_TRIM:
-            case NBD_CMD_WRITE_ZEROES: rc = simple_reply(s, NBD_EPERM, cookie); break;
+            case NBD_CMD_WRITE_ZEROES: rc = reply(s, NBD_EPERM, cookie); break;
             case NBD_CMD_FLUSH:
-            case NBD_CMD_CACHE: rc = simple_reply(s, 0, cookie); break;
-            default: rc = simple_reply(s, NBD_EINVAL, cookie); break; /* BLOCK_STATUS too */
+            case NBD_CMD_CACHE: rc = reply(s, 0, cookie); break;
+            case NBD_CMD_BLOCK_STATUS: rc = cmd_block_status(s, cookie, flags, off, len); break;
+            default: rc = reply(s, NBD_EINVAL, cookie); break;
             }
         }
         if (rc) return rc;
     }
 }
 
-int node__nbd_session(const node__nbd_io *io, node_nbd_stats *stats)
+/* A session whose holes extent tells (NULL: none). */
+static int session_run(const node__nbd_io *io, extent_fn *extent, node_nbd_stats *stats)
 {
     node_nbd_stats ignored = {0};
     struct session *s = malloc(sizeof *s);
     if (!s) return -ENOMEM;
     s->io = io;
+    s->extent = extent;
     s->stats = stats ? stats : &ignored;
-    s->no_zeroes = false;
+    s->no_zeroes = s->structured = s->allocation = false;
     s->buf = NULL;
     s->cap = 0;
     int rc = handshake(s);
@@ -353,6 +541,10 @@ int node__nbd_session(const node__nbd_io *io, node_nbd_stats *stats)
     return rc;
 }
 
+int node__nbd_session(const node__nbd_io *io, node_nbd_stats *stats)
+{
+    return session_run(io, NULL, stats);
+}
 /* ---- the server ---------------------------------------------------------------------------- */
 
 /* Connections served at once; more are closed as soon as they are accepted. */
@@ -370,6 +562,8 @@ struct conn {
 struct node_nbd {
     cs_store *st;
     const cs_image *im;
+    void (*want)(const cs_id *ids, size_t n, void *arg); /* from node_nbd_opts */
+    void *want_arg;
     char *path;
     int lfd;
     int wake[2];   /* written by node_nbd_stop to end the accept thread's poll */
@@ -411,14 +605,72 @@ static bool stopping(void *arg)
     return __atomic_load_n(&n->stopping, __ATOMIC_ACQUIRE);
 }
 
-/* n chunks at positions pos.. into out; a chunk still on its way is waited for. */
-static int get_chunks(struct conn *c, uint64_t pos, size_t n, uint8_t *out, bool *waited)
+/* One read's way through the store: the chunks it covers, whether it waited for one, and
+ * whether it told want what it lacks (once per read). */
+struct store_read {
+    uint64_t first; /* the read's first chunk */
+    size_t count;   /* and how many it covers */
+    bool waited, wanted;
+};
+
+struct missing {
+    const cs_id *id;
+    size_t pos;
+};
+
+static int missing_by_id(const void *a, const void *b)
+{
+    const struct missing *x = a, *y = b;
+    int c = memcmp(x->id->b, y->id->b, CS_ID_BYTES);
+    return c ? c : (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+static int missing_by_pos(const void *a, const void *b)
+{
+    const struct missing *x = a, *y = b;
+    return (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+/* Tells want the ids of the read's chunks that the store lacks: each once (an image may name a
+ * chunk at several positions), in image order; cs_has counts the zero id as held. Sorted by id
+ * then position, the first of each id is the one kept. */
+static void want_missing(struct conn *c, const struct store_read *r)
+{
+    node_nbd *s = c->n;
+    const cs_id *ids = &s->im->chunks[r->first];
+    size_t n = r->count, k = 0;
+    uint8_t *held = malloc((n + 7) / 8);
+    struct missing *m = malloc(n * sizeof *m);
+    cs_id *out = malloc(n * sizeof *out);
+    int64_t rc = held && m && out ? cs_has(s->st, ids, n, held) : -ENOMEM;
+    if (rc >= 0) {
+        for (size_t i = 0; i < n; i++)
+            if (!(held[i / 8] >> (i % 8) & 1)) m[k++] = (struct missing){&ids[i], i};
+        qsort(m, k, sizeof *m, missing_by_id);
+        size_t u = 0;
+        for (size_t i = 0; i < k; i++)
+            if (u == 0 || !cs_id_equal(m[i].id, m[u - 1].id)) m[u++] = m[i];
+        qsort(m, u, sizeof *m, missing_by_pos);
+        for (size_t i = 0; i < u; i++) out[i] = *m[i].id;
+        if (u) s->want(out, u, s->want_arg);
+    } else {
+        node_log(NODE_LOG_WARN, "nbd: finding the chunks a read lacks: %s", cs_strerror((int)rc));
+    }
+    free(out);
+    free(m);
+    free(held);
+}
+
+/* n chunks at positions pos.. of read r into out; a chunk still on its way is waited for,
+ * after want has heard of every chunk r lacks. */
+static int get_chunks(struct conn *c, struct store_read *r, uint64_t pos, size_t n, uint8_t *out)
 {
     node_nbd *s = c->n;
     size_t bad = 0;
     int rc = cs_get(s->st, &s->im->chunks[pos], n, out, &bad);
     if (rc == CS_ENOTFOUND) {
-        *waited = true;
+        if (!r->wanted && s->want) want_missing(c, r);
+        r->wanted = r->waited = true;
         rc = cs_get_arriving(s->st, &s->im->chunks[pos], n, out, &bad, stopping, s);
     }
     if (rc && rc != -ECANCELED) {
@@ -436,7 +688,6 @@ static int get_chunks(struct conn *c, uint64_t pos, size_t n, uint8_t *out, bool
 static int store_read_at(void *arg, uint64_t off, size_t len, uint8_t *out)
 {
     struct conn *c = arg;
-    bool waited = false;
     int rc = 0;
     uint64_t end = off + len, length = c->n->im->length;
     if (end > length) {
@@ -444,23 +695,44 @@ static int store_read_at(void *arg, uint64_t off, size_t len, uint8_t *out)
         memset(out + len - pad, 0, pad);
         end -= pad;
     }
+    struct store_read r = {off / CS_CHUNK_SIZE, 0, false, false};
+    if (off < end) r.count = (size_t)((end + CS_CHUNK_SIZE - 1) / CS_CHUNK_SIZE - r.first);
     while (rc == 0 && off < end) {
         uint64_t pos = off / CS_CHUNK_SIZE;
         size_t in = (size_t)(off % CS_CHUNK_SIZE);
         if (in == 0 && end - off >= CS_CHUNK_SIZE) {
             size_t k = (size_t)((end - off) / CS_CHUNK_SIZE);
-            rc = get_chunks(c, pos, k, out, &waited);
+            rc = get_chunks(c, &r, pos, k, out);
             off += (uint64_t)k * CS_CHUNK_SIZE, out += (size_t)k * CS_CHUNK_SIZE;
         } else {
             size_t m = CS_CHUNK_SIZE - in;
             if (m > end - off) m = (size_t)(end - off);
-            if ((rc = get_chunks(c, pos, 1, c->bounce, &waited)) == 0)
-                memcpy(out, c->bounce + in, m);
+            if ((rc = get_chunks(c, &r, pos, 1, c->bounce)) == 0) memcpy(out, c->bounce + in, m);
             off += m, out += m;
         }
     }
-    if (waited) count(&c->n->stats.waits, 1);
+    if (r.waited) count(&c->n->stats.waits, 1);
     return rc;
+}
+
+static bool chunk_is_hole(const cs_image *im, uint64_t pos)
+{
+    return pos >= im->nchunks || cs_id_is_zero(&im->chunks[pos]);
+}
+
+/* The image's holes are its zero chunks, whole chunks at a time: the export ends within the
+ * last chunk (its length is rounded up to 512 bytes, not to a chunk), so the few bytes past
+ * the image's end take that chunk's state and every extent but the export's last is a whole
+ * number of chunks. Positions past the last chunk, had the export any, would be holes. */
+static uint64_t store_extent(void *arg, uint64_t off, uint64_t len, bool *hole)
+{
+    struct conn *c = arg;
+    const cs_image *im = c->n->im;
+    uint64_t end = off + len, pos = off / CS_CHUNK_SIZE;
+    *hole = chunk_is_hole(im, pos);
+    uint64_t at = (pos + 1) * CS_CHUNK_SIZE;
+    while (at < end && chunk_is_hole(im, at / CS_CHUNK_SIZE) == *hole) at += CS_CHUNK_SIZE;
+    return (at < end ? at : end) - off;
 }
 
 /* The image's length rounded up to whole 512-byte sectors. QEMU's NBD client (7.2, simple
@@ -477,7 +749,7 @@ static void *conn_main(void *arg)
     struct conn *c = arg;
     node_nbd *n = c->n;
     node__nbd_io io = {sock_recv, sock_send, store_read_at, c, export_size(n->im)};
-    node__nbd_session(&io, &n->stats);
+    session_run(&io, store_extent, &n->stats);
     pthread_mutex_lock(&n->mu);
     close(c->fd);
     c->fd = -1;
@@ -555,9 +827,10 @@ static void server_free(node_nbd *n)
     free(n);
 }
 
-int node_nbd_start(cs_store *st, const cs_image *im, const char *path, const node_nbd_owner *owner,
+int node_nbd_start(cs_store *st, const cs_image *im, const char *path, const node_nbd_opts *opts,
                    node_nbd **out, char err[NODE_ERRMSG])
 {
+    const node_nbd_owner *owner = opts ? opts->owner : NULL;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path) {
         node__errf(err, "NBD socket path %s is longer than a Unix socket allows (%zu bytes)", path,
@@ -572,6 +845,7 @@ int node_nbd_start(cs_store *st, const cs_image *im, const char *path, const nod
     }
     n->st = st;
     n->im = im;
+    if (opts) n->want = opts->want, n->want_arg = opts->arg;
     n->lfd = n->wake[0] = n->wake[1] = -1;
     pthread_mutex_init(&n->mu, NULL);
 

@@ -4,7 +4,8 @@
  * A launch resumes the VM before every disk chunk has arrived (the seed's early start): QEMU
  * opens a qcow2 overlay whose backing file is this read-only NBD export on a Unix socket. A
  * read of a chunk still on its way waits for it (cs_get_arriving). The protocol is the NBD
- * "fixed newstyle" handshake with simple replies (docs/launch.md, "Early start").
+ * "fixed newstyle" handshake, with simple or structured replies and the base:allocation
+ * context, so zero chunks read and report as holes (docs/launch.md, "Early start").
  */
 #ifndef CLOUDLET_VM_NBD_H
 #define CLOUDLET_VM_NBD_H
@@ -27,19 +28,30 @@ typedef struct node_nbd_stats {
     uint64_t waits;       /* reads that had to wait for a chunk still on its way */
 } node_nbd_stats;
 
-/*
- * Serves image im (its chunks resolved; st and im must outlive the server) as a read-only NBD
- * export on a new Unix socket at path. With owner the socket is that user's and group's, mode
- * 0600, from the moment it exists (QEMU runs as another user, and only it may read the disk);
- * with owner NULL it is 0666. Each connection is served on a thread of its own. The export is
- * the image rounded up to whole 512-byte sectors, zeros after the image's end: QEMU's client
- * waits for a partial last sector forever, and reads a raw file of that length the same way.
- */
 typedef struct node_nbd_owner {
     uid_t uid;
     gid_t gid;
 } node_nbd_owner;
-int node_nbd_start(cs_store *st, const cs_image *im, const char *path, const node_nbd_owner *owner,
+
+typedef struct node_nbd_opts {
+    /* With owner the socket is that user's and group's, mode 0600, from the moment it exists
+     * (QEMU runs as another user, and only it may read the disk); NULL: mode 0666. */
+    const node_nbd_owner *owner;
+    /* (may be NULL) Called on a connection's thread when a read needs chunks the store does
+     * not hold yet, before the read waits for them: their ids (each once, in image order, n
+     * at most the chunks the read covers), so a fetch can bring them first. */
+    void (*want)(const cs_id *ids, size_t n, void *arg);
+    void *arg;
+} node_nbd_opts;
+
+/*
+ * Serves image im (its chunks resolved; st and im must outlive the server) as a read-only NBD
+ * export on a new Unix socket at path (opts may be NULL: all defaults). Each connection is
+ * served on a thread of its own. The export is the image rounded up to whole 512-byte sectors,
+ * zeros after the image's end: QEMU's client waits for a partial last sector forever, and
+ * reads a raw file of that length the same way.
+ */
+int node_nbd_start(cs_store *st, const cs_image *im, const char *path, const node_nbd_opts *opts,
                    node_nbd **out, char err[NODE_ERRMSG]);
 void node_nbd_stats_get(node_nbd *n, node_nbd_stats *out);
 /* Stops listening, cuts every connection (a read waiting for a chunk gives up), joins the

@@ -272,6 +272,36 @@ static void the_only_holder_gone_sends_its_chunks_to_the_origin(void)
     sim_free(&s);
 }
 
+/* Urgent chunks (a running VM reads them) go out before any queue, each to a source that can
+ * give it; chunks already asked for, done or out of range are ignored. */
+static void urgent_chunks_jump_the_queues(void)
+{
+    uint8_t *hold[2] = {calloc(13, 1), calloc(13, 1)};
+    for (unsigned c = 0; c < 50; c++) hold[0][c / 8] |= (uint8_t)(1u << (c % 8));
+    for (unsigned c = 50; c < 90; c++) hold[1][c / 8] |= (uint8_t)(1u << (c % 8));
+    node_plan *p = node_plan_new(100, 2, TIMEOUT);
+    CHECK(p);
+    CHECK_OK(node_plan_start(p, (const uint8_t *const *)hold));
+    uint32_t out[8];
+    CHECK_EQ(node_plan_next(p, 0, 1, out, 0), 1);
+    CHECK_EQ(out[0], 0); /* the queue's head, before anything is urgent */
+    const uint32_t want[] = {95, 60, 10, 0, 200, 10};
+    CHECK_OK(node_plan_urgent(p, want, sizeof want / sizeof want[0]));
+    CHECK_EQ(node_plan_next(p, 0, 3, out, 1), 3);
+    CHECK_EQ(out[0], 10); /* the one urgent chunk it holds, then its queue */
+    CHECK_EQ(out[1], 1);
+    CHECK_EQ(out[2], 2);
+    CHECK_EQ(node_plan_next(p, NODE_PLAN_ORIGIN, 2, out, 1), 2);
+    CHECK_EQ(out[0], 95); /* nobody else holds it */
+    CHECK_EQ(out[1], 90);
+    CHECK_EQ(node_plan_next(p, 1, 1, out, 1), 1);
+    CHECK_EQ(out[0], 60);
+    CHECK_EQ(node_plan_next(p, 1, 1, out, 1), 1);
+    CHECK_EQ(out[0], 50); /* the urgent list is spent */
+    node_plan_free(p);
+    free(hold[0]), free(hold[1]);
+}
+
 TL_MAIN(TL_CASE(neighbours_that_hold_everything_leave_nothing_for_the_origin),
         TL_CASE(origin_gives_exactly_what_no_neighbour_holds),
         TL_CASE(faster_neighbour_carries_more_of_the_bytes), TL_CASE(three_neighbours_beat_one),
@@ -279,4 +309,5 @@ TL_MAIN(TL_CASE(neighbours_that_hold_everything_leave_nothing_for_the_origin),
         TL_CASE(corrupt_chunks_are_fetched_from_another_holder),
         TL_CASE(chunks_a_neighbour_lacks_after_all_go_elsewhere),
         TL_CASE(a_neighbour_gone_midway_leaves_its_share_to_the_others),
-        TL_CASE(the_only_holder_gone_sends_its_chunks_to_the_origin))
+        TL_CASE(the_only_holder_gone_sends_its_chunks_to_the_origin),
+        TL_CASE(urgent_chunks_jump_the_queues))
