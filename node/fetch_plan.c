@@ -13,8 +13,9 @@
  *   them (gone, timed out, or sent bytes that did not match the id).
  * - Every chunk is in exactly one state: pending, in flight at one source, or done.
  * - Urgent chunks (a running VM reads them: early start) jump every queue: each source is
- *   offered the urgent chunks it can give before its own queue. The list is short (what reads
- *   wait for) and scanned whole.
+ *   offered the urgent chunks it can give before its own queue, and a chunk stays urgent until
+ *   it is done (an attempt that fails puts it first again). The list is short (what reads wait
+ *   for) and scanned whole.
  */
 #define _GNU_SOURCE
 #include "node_internal.h"
@@ -27,6 +28,7 @@ enum { ST_PENDING, ST_INFLIGHT, ST_DONE };
 
 struct chunk {
     uint8_t state;
+    bool urgent;      /* on the urgent list until done */
     uint16_t holders; /* live neighbours that claim it and have not failed it */
     int32_t source;   /* while in flight: neighbour index, or NODE_PLAN_ORIGIN */
     uint64_t since;
@@ -97,10 +99,7 @@ int node_plan_urgent(node_plan *p, const uint32_t *idx, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         uint32_t c = idx[i];
-        if (c >= p->n || p->c[c].state != ST_PENDING) continue;
-        bool listed = false;
-        for (size_t j = 0; j < p->nurgent && !listed; j++) listed = p->urgent[j] == c;
-        if (listed) continue;
+        if (c >= p->n || p->c[c].state == ST_DONE || p->c[c].urgent) continue;
         if (p->nurgent == p->curgent) {
             size_t cap = p->curgent ? p->curgent * 2 : 64;
             uint32_t *u = realloc(p->urgent, cap * sizeof *u);
@@ -108,6 +107,7 @@ int node_plan_urgent(node_plan *p, const uint32_t *idx, size_t n)
             p->urgent = u, p->curgent = cap;
         }
         p->urgent[p->nurgent++] = c;
+        p->c[c].urgent = true;
     }
     return 0;
 }
@@ -120,18 +120,19 @@ static bool can_give(const node_plan *p, int source, uint32_t c)
     return p->p[source].live && bit(p->p[source].has, c);
 }
 
-/* Moves the urgent chunks source can give into out (at most max), dropping from the list
- * those no longer pending. */
+/* Moves the pending urgent chunks source can give into out (at most max); the list keeps
+ * every urgent chunk not done yet. */
 static size_t take_urgent(node_plan *p, int source, size_t max, uint32_t *out, uint64_t now)
 {
     size_t k = 0, keep = 0;
     for (size_t i = 0; i < p->nurgent; i++) {
         uint32_t c = p->urgent[i];
-        if (p->c[c].state != ST_PENDING) continue;
-        if (k == max || !can_give(p, source, c)) {
-            p->urgent[keep++] = c;
+        if (p->c[c].state == ST_DONE) {
+            p->c[c].urgent = false;
             continue;
         }
+        p->urgent[keep++] = c;
+        if (p->c[c].state != ST_PENDING || k == max || !can_give(p, source, c)) continue;
         p->c[c].state = ST_INFLIGHT, p->c[c].source = source, p->c[c].since = now;
         if (source == NODE_PLAN_ORIGIN)
             p->origin_inflight++;
@@ -280,7 +281,8 @@ void node_plan_peer_gone(node_plan *p, unsigned peer)
     struct peer *pe = &p->p[peer];
     if (!pe->live) return;
     pe->live = false;
-    for (size_t i = 0; i < pe->nq; i++) drop_holder(p, peer, pe->queue[i]);
+    /* By its bitmap, not its queue: requeue may have written over queue entries. */
+    for (size_t c = 0; c < p->n; c++) drop_holder(p, peer, (uint32_t)c);
     for (size_t c = 0; c < p->n; c++) {
         if (p->c[c].state == ST_INFLIGHT && p->c[c].source == (int)peer) {
             settle_inflight(p, (uint32_t)c);

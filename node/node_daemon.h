@@ -112,8 +112,8 @@ typedef struct node__pull_progress_t {
 int node__pull_progress(node_daemon *d, const cs_id *id, void *arg, node__pull_progress_t *out);
 
 /* Chunks of manifest id that a running VM waits for (early start, read through NBD): the pull
- * of id under way asks for them before any other. CS_ENOTFOUND when no pull of id is fetching
- * (ids it does not fetch are ignored). */
+ * of id under way asks for them before any other (kept until its fetch begins, if it has not
+ * yet). CS_ENOTFOUND when no pull of id runs (ids it does not fetch are ignored). */
 int node__pull_urgent(node_daemon *d, const cs_id *id, const cs_id *ids, size_t n);
 
 /* The first 12 hex digits of a node key, as logs and tables show it. Returns out. */

@@ -283,10 +283,11 @@ static void run(void *arg)
 static void on_thread_done(uv_async_t *h)
 {
     node__launch *l = h->data;
-    if (atomic_load(&l->vm_running) && !l->t_running) l->t_running = uv_now(&l->d->loop);
+    bool resumed_now = atomic_load(&l->vm_running) && !l->t_running;
+    if (resumed_now) l->t_running = uv_now(&l->d->loop);
     pass_wants(l);
     if (!atomic_load(&l->thread_done) || l->thread_joined) {
-        if (atomic_load(&l->vm_running) && !l->ended) send_progress(l, uv_now(&l->d->loop));
+        if (resumed_now && !l->ended) send_progress(l, l->t_running); /* the app hears at once */
         return;
     }
     uv_thread_join(&l->thread);

@@ -41,6 +41,7 @@
 #define CONNECT_WAIT_MS 6000
 #define HAVE_WAIT_MS    15000
 #define MAX_PARENTS     16 /* a manifest's chain of parents fetched at most this deep */
+#define URGENT_EARLY    4096 /* urgent ids kept for a fetch not begun yet */
 
 /* ---- pulls: state ---------------------------------------------------------------------------- */
 
@@ -129,6 +130,8 @@ struct node__pull {
     uint64_t unique_chunks, held_before;
     node_plan *plan;
     uint32_t *by_id; /* plan indexes sorted by their chunk's id, made at the first urgent ask */
+    cs_id *early_urgent; /* urgent ids asked for before the fetch began (at most URGENT_EARLY) */
+    size_t nearly_urgent;
     uint32_t next_req;
     unsigned rr; /* the source ties start from */
     unsigned verifying;
@@ -262,6 +265,7 @@ static void pull_maybe_free(node__pull *p)
     free(p->missing);
     free(p->bases);
     free(p->by_id);
+    free(p->early_urgent);
     node_plan_free(p->plan);
     free(p);
 }
@@ -783,6 +787,7 @@ static void send_haves(xsource *s)
 }
 
 static void start_fetch(node__pull *p);
+static int make_urgent(node__pull *p, const cs_id *ids, size_t n);
 
 static void maybe_start_fetch(node__pull *p)
 {
@@ -858,6 +863,14 @@ static void start_fetch(node__pull *p)
     if (rc) {
         pull_fail(p, "out of memory");
         return;
+    }
+    if (p->nearly_urgent) { /* a running VM waited for these before the fetch began */
+        rc = make_urgent(p, p->early_urgent, p->nearly_urgent);
+        free(p->early_urgent), p->early_urgent = NULL, p->nearly_urgent = 0;
+        if (rc) {
+            pull_fail(p, "out of memory");
+            return;
+        }
     }
     p->last_refill_ms = p->last_expire_ms = uv_now(&p->x->d->loop);
     const node_config *cfg = &p->x->d->cfg;
@@ -1695,12 +1708,9 @@ static int cmp_idx_by_id(const void *a, const void *b, void *arg)
     return memcmp(ids[*(const uint32_t *)a].b, ids[*(const uint32_t *)b].b, CS_ID_BYTES);
 }
 
-int node__pull_urgent(node_daemon *d, const cs_id *id, const cs_id *ids, size_t n)
+/* The plan indexes of ids (those the pull fetches) become urgent. */
+static int make_urgent(node__pull *p, const cs_id *ids, size_t n)
 {
-    node__pull *p = NULL;
-    for (node__pull *q = d->xchg ? d->xchg->pulls : NULL; q && !p; q = q->next)
-        if (cs_id_equal(&q->id, id) && q->phase == P_FETCH && q->plan) p = q;
-    if (!p) return CS_ENOTFOUND;
     if (!p->by_id) {
         if (!(p->by_id = malloc((p->n ? p->n : 1) * sizeof *p->by_id))) return -ENOMEM;
         for (uint32_t i = 0; i < p->n; i++) p->by_id[i] = i;
@@ -1724,6 +1734,23 @@ int node__pull_urgent(node_daemon *d, const cs_id *id, const cs_id *ids, size_t 
             k = 0;
         }
     }
+    return rc;
+}
+
+int node__pull_urgent(node_daemon *d, const cs_id *id, const cs_id *ids, size_t n)
+{
+    node__pull *p = NULL;
+    for (node__pull *q = d->xchg ? d->xchg->pulls : NULL; q && !p; q = q->next)
+        if (cs_id_equal(&q->id, id) && q->phase != P_DONE && !q->failed) p = q;
+    if (!p) return CS_ENOTFOUND;
+    if (p->phase != P_FETCH || !p->plan) { /* kept for start_fetch */
+        if (!p->early_urgent && !(p->early_urgent = malloc(URGENT_EARLY * sizeof *ids)))
+            return -ENOMEM;
+        for (size_t i = 0; i < n && p->nearly_urgent < URGENT_EARLY; i++)
+            p->early_urgent[p->nearly_urgent++] = ids[i];
+        return 0;
+    }
+    int rc = make_urgent(p, ids, n);
     if (rc == 0) pull_pump(p);
     return rc;
 }

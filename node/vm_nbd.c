@@ -315,6 +315,7 @@ static int handshake(struct session *s)
         if (len > sizeof s->opt) {
             /* EXPORT_NAME has no error reply: the protocol says to close. */
             if (opt == NBD_OPT_EXPORT_NAME) return -EPROTO;
+            if (opt == NBD_OPT_SET_META_CONTEXT) s->allocation = false; /* a failed SET too */
             rc = discard(s, len);
             if (rc == 0) rc = opt_error(s, opt, NBD_REP_ERR_TOO_BIG, "option too long");
             if (rc) return rc;

@@ -302,6 +302,48 @@ static void urgent_chunks_jump_the_queues(void)
     free(hold[0]), free(hold[1]);
 }
 
+/* A chunk stays urgent until it is done: an attempt that expires, or a holder that goes, puts it
+ * first again, also at the origin when no neighbour is left that holds it. */
+static void urgency_lasts_until_the_chunk_is_done(void)
+{
+    uint8_t *hold[2] = {calloc(2, 1), calloc(2, 1)};
+    hold[0][0] = 0x01; /* peer 0 holds chunk 0 */
+    hold[1][0] = 0x03; /* peer 1 holds chunks 0 and 1 */
+    node_plan *p = node_plan_new(10, 2, TIMEOUT);
+    CHECK(p);
+    CHECK_OK(node_plan_start(p, (const uint8_t *const *)hold));
+    uint32_t out[4];
+    const uint32_t want9 = 9;
+    CHECK_OK(node_plan_urgent(p, &want9, 1));
+    CHECK_EQ(node_plan_next(p, NODE_PLAN_ORIGIN, 1, out, 0), 1);
+    CHECK_EQ(out[0], 9);
+    CHECK_EQ(node_plan_expire(p, TIMEOUT + 1), 1); /* lost: it comes first again */
+    CHECK_EQ(node_plan_next(p, NODE_PLAN_ORIGIN, 1, out, TIMEOUT + 1), 1);
+    CHECK_EQ(out[0], 9);
+    node_plan_received(p, NODE_PLAN_ORIGIN, 9, true);
+    /* Peer 1 takes chunk 1, peer 0 chunk 0 and then says it lacks it (chunk 0 goes back to
+     * peer 1, over a queue entry of its), then peer 1 goes: both chunks are the origin's, behind
+     * what it had queued (2..8), and the urgent one comes before all. */
+    CHECK_EQ(node_plan_next(p, 1, 1, out, TIMEOUT + 2), 1);
+    uint32_t first = out[0];
+    CHECK_EQ(node_plan_next(p, 0, 1, out, TIMEOUT + 2), 1);
+    CHECK_EQ(out[0], 0);
+    CHECK_EQ(first, 1);
+    node_plan_not_held(p, 0, 0);
+    node_plan_peer_gone(p, 1);
+    const uint32_t want1 = 1;
+    CHECK_OK(node_plan_urgent(p, &want1, 1));
+    CHECK_EQ(node_plan_next(p, NODE_PLAN_ORIGIN, 1, out, TIMEOUT + 3), 1);
+    CHECK_EQ(out[0], 1);
+    CHECK_EQ(node_plan_next(p, NODE_PLAN_ORIGIN, 1, out, TIMEOUT + 3), 1);
+    CHECK_EQ(out[0], 2);
+    node_plan_stats_t st;
+    node_plan_stats(p, &st);
+    CHECK_EQ(st.origin_inflight, 2);
+    node_plan_free(p);
+    free(hold[0]), free(hold[1]);
+}
+
 TL_MAIN(TL_CASE(neighbours_that_hold_everything_leave_nothing_for_the_origin),
         TL_CASE(origin_gives_exactly_what_no_neighbour_holds),
         TL_CASE(faster_neighbour_carries_more_of_the_bytes), TL_CASE(three_neighbours_beat_one),
@@ -310,4 +352,4 @@ TL_MAIN(TL_CASE(neighbours_that_hold_everything_leave_nothing_for_the_origin),
         TL_CASE(chunks_a_neighbour_lacks_after_all_go_elsewhere),
         TL_CASE(a_neighbour_gone_midway_leaves_its_share_to_the_others),
         TL_CASE(the_only_holder_gone_sends_its_chunks_to_the_origin),
-        TL_CASE(urgent_chunks_jump_the_queues))
+        TL_CASE(urgent_chunks_jump_the_queues), TL_CASE(urgency_lasts_until_the_chunk_is_done))
