@@ -129,7 +129,8 @@ struct node__pull {
     uint32_t n;
     uint64_t unique_chunks, held_before;
     node_plan *plan;
-    uint32_t *by_id; /* plan indexes sorted by their chunk's id, made at the first urgent ask */
+    uint32_t *by_id; /* plan indexes sorted by their chunk's id: for a launch made with the plan,
+                      * else at the first urgent ask */
     cs_id *early_urgent; /* urgent ids asked for before the fetch began (at most URGENT_EARLY) */
     size_t nearly_urgent;
     uint32_t next_req;
@@ -547,7 +548,9 @@ typedef struct pjob {
     cs_id id;
     int rc;
     bool pinned;
+    bool index;        /* a launch's pull: also sort the missing set by id (by_id) */
     cs_id *missing, *bases;
+    uint32_t *by_id;
     uint32_t n;
     uint64_t unique, held;
 } pjob;
@@ -583,6 +586,13 @@ static int64_t distinct_in_order(cs_id *ids, cs_id *also, size_t n)
         if (keep[i]) also[u] = also[i], ids[u++] = ids[i];
     free(pos), free(keep);
     return (int64_t)u;
+}
+
+/* Orders plan indexes into the id array arg by their id. */
+static int cmp_idx_by_id(const void *a, const void *b, void *arg)
+{
+    const cs_id *ids = arg;
+    return memcmp(ids[*(const uint32_t *)a].b, ids[*(const uint32_t *)b].b, CS_ID_BYTES);
 }
 
 static int find_pins(const cs_manifest_info *info, void *arg)
@@ -701,6 +711,12 @@ static void plan_work(uv_work_t *w)
     j->missing = all;
     j->bases = base;
     j->n = (uint32_t)nm;
+    /* A launch's running VM may ask for chunks by id (node__pull_urgent): the index is sorted
+     * here, on the pool, rather than on the loop when the VM has just started. */
+    if (j->index && nm && (j->by_id = malloc(nm * sizeof *j->by_id))) {
+        for (uint32_t i = 0; i < nm; i++) j->by_id[i] = i;
+        qsort_r(j->by_id, nm, sizeof *j->by_id, cmp_idx_by_id, all);
+    }
 }
 
 static void start_have(node__pull *p);
@@ -718,10 +734,12 @@ static void plan_done(uv_work_t *w, int status)
         p->held_before = j->held;
         p->missing = j->missing;
         p->bases = j->bases;
+        p->by_id = j->by_id;
         p->n = j->n;
     } else {
         free(j->missing);
         free(j->bases);
+        free(j->by_id);
     }
     free(j);
     if (p->phase != P_PLAN) {
@@ -752,6 +770,7 @@ static void pull_plan(node__pull *p)
     }
     j->p = p;
     j->id = p->id;
+    for (unsigned i = 0; i < p->nsrc; i++) j->index = j->index || p->src[i].origin;
     j->work.data = j;
     if (uv_queue_work(&p->x->d->loop, &j->work, plan_work, plan_done) != 0) {
         free(j);
@@ -1700,12 +1719,6 @@ int node__pull_progress(node_daemon *d, const cs_id *id, void *arg, node__pull_p
     }
     snprintf(out->err, sizeof out->err, "%s", p->err);
     return 0;
-}
-
-static int cmp_idx_by_id(const void *a, const void *b, void *arg)
-{
-    const cs_id *ids = arg;
-    return memcmp(ids[*(const uint32_t *)a].b, ids[*(const uint32_t *)b].b, CS_ID_BYTES);
 }
 
 /* The plan indexes of ids (those the pull fetches) become urgent. */
