@@ -120,6 +120,16 @@ static bool can_give(const node_plan *p, int source, uint32_t c)
     return p->p[source].live && bit(p->p[source].has, c);
 }
 
+/* Chunk c goes in flight at source. */
+static void take(node_plan *p, int source, uint32_t c, uint64_t now)
+{
+    p->c[c].state = ST_INFLIGHT, p->c[c].source = source, p->c[c].since = now;
+    if (source == NODE_PLAN_ORIGIN)
+        p->origin_inflight++;
+    else
+        p->p[source].inflight++;
+}
+
 /* Moves the pending urgent chunks source can give into out (at most max); the list keeps
  * every urgent chunk not done yet. */
 static size_t take_urgent(node_plan *p, int source, size_t max, uint32_t *out, uint64_t now)
@@ -133,11 +143,7 @@ static size_t take_urgent(node_plan *p, int source, size_t max, uint32_t *out, u
         }
         p->urgent[keep++] = c;
         if (p->c[c].state != ST_PENDING || k == max || !can_give(p, source, c)) continue;
-        p->c[c].state = ST_INFLIGHT, p->c[c].source = source, p->c[c].since = now;
-        if (source == NODE_PLAN_ORIGIN)
-            p->origin_inflight++;
-        else
-            p->p[source].inflight++;
+        take(p, source, c, now);
         out[k++] = c;
     }
     p->nurgent = keep;
@@ -198,8 +204,7 @@ size_t node_plan_next(node_plan *p, int source, size_t max, uint32_t *out, uint6
         while (k < max && p->ohead < p->onq) {
             uint32_t c = p->origin_q[p->ohead++];
             if (p->c[c].state != ST_PENDING) continue;
-            p->c[c].state = ST_INFLIGHT, p->c[c].source = NODE_PLAN_ORIGIN, p->c[c].since = now;
-            p->origin_inflight++;
+            take(p, NODE_PLAN_ORIGIN, c, now);
             out[k++] = c;
         }
         return k;
@@ -208,8 +213,7 @@ size_t node_plan_next(node_plan *p, int source, size_t max, uint32_t *out, uint6
     while (k < max && pe->head < pe->nq) {
         uint32_t c = pe->queue[pe->head++];
         if (p->c[c].state != ST_PENDING || !bit(pe->has, c)) continue;
-        p->c[c].state = ST_INFLIGHT, p->c[c].source = source, p->c[c].since = now;
-        pe->inflight++;
+        take(p, source, c, now);
         out[k++] = c;
     }
     return k;

@@ -565,20 +565,28 @@ static int cmp_pos(const void *a, const void *b, void *arg)
     return c ? c : (x > y) - (x < y);
 }
 
+/* The positions 0..n-1 of ids sorted by id (cmp_pos), malloc'd; NULL when out of memory. */
+static uint32_t *positions_by_id(const cs_id *ids, size_t n)
+{
+    uint32_t *pos = malloc((n ? n : 1) * sizeof *pos);
+    if (!pos) return NULL;
+    for (size_t i = 0; i < n; i++) pos[i] = (uint32_t)i;
+    qsort_r(pos, n, sizeof *pos, cmp_pos, (void *)ids);
+    return pos;
+}
+
 /* Keeps the first position of each distinct id of ids[0..n), in their order, and returns how
  * many (or -ENOMEM); also[] (beside ids) is kept the same way. The manifest's order is what the
  * sources stored: neighbouring chunks share a segment there (a GET of them decompresses one
  * segment, not one each) and compress together on the wire. */
 static int64_t distinct_in_order(cs_id *ids, cs_id *also, size_t n)
 {
-    uint32_t *pos = malloc((n ? n : 1) * sizeof *pos);
+    uint32_t *pos = positions_by_id(ids, n);
     uint8_t *keep = calloc(n ? n : 1, 1);
     if (!pos || !keep) {
         free(pos), free(keep);
         return -ENOMEM;
     }
-    for (size_t i = 0; i < n; i++) pos[i] = (uint32_t)i;
-    qsort_r(pos, n, sizeof *pos, cmp_pos, ids);
     for (size_t i = 0; i < n; i++)
         if (i == 0 || !cs_id_equal(&ids[pos[i - 1]], &ids[pos[i]])) keep[pos[i]] = 1;
     size_t u = 0;
@@ -586,13 +594,6 @@ static int64_t distinct_in_order(cs_id *ids, cs_id *also, size_t n)
         if (keep[i]) also[u] = also[i], ids[u++] = ids[i];
     free(pos), free(keep);
     return (int64_t)u;
-}
-
-/* Orders plan indexes into the id array arg by their id. */
-static int cmp_idx_by_id(const void *a, const void *b, void *arg)
-{
-    const cs_id *ids = arg;
-    return memcmp(ids[*(const uint32_t *)a].b, ids[*(const uint32_t *)b].b, CS_ID_BYTES);
 }
 
 static int find_pins(const cs_manifest_info *info, void *arg)
@@ -713,10 +714,7 @@ static void plan_work(uv_work_t *w)
     j->n = (uint32_t)nm;
     /* A launch's running VM may ask for chunks by id (node__pull_urgent): the index is sorted
      * here, on the pool, rather than on the loop when the VM has just started. */
-    if (j->index && nm && (j->by_id = malloc(nm * sizeof *j->by_id))) {
-        for (uint32_t i = 0; i < nm; i++) j->by_id[i] = i;
-        qsort_r(j->by_id, nm, sizeof *j->by_id, cmp_idx_by_id, all);
-    }
+    if (j->index && nm) j->by_id = positions_by_id(all, nm);
 }
 
 static void start_have(node__pull *p);
@@ -1724,11 +1722,7 @@ int node__pull_progress(node_daemon *d, const cs_id *id, void *arg, node__pull_p
 /* The plan indexes of ids (those the pull fetches) become urgent. */
 static int make_urgent(node__pull *p, const cs_id *ids, size_t n)
 {
-    if (!p->by_id) {
-        if (!(p->by_id = malloc((p->n ? p->n : 1) * sizeof *p->by_id))) return -ENOMEM;
-        for (uint32_t i = 0; i < p->n; i++) p->by_id[i] = i;
-        qsort_r(p->by_id, p->n, sizeof *p->by_id, cmp_idx_by_id, p->missing);
-    }
+    if (!p->by_id && !(p->by_id = positions_by_id(p->missing, p->n))) return -ENOMEM;
     uint32_t idx[256];
     size_t k = 0;
     int rc = 0;
