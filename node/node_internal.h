@@ -11,6 +11,40 @@
  * NULL). Every node/ function that takes `char err[NODE_ERRMSG]` fills it through this. */
 void node__errf(char err[NODE_ERRMSG], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* "disk chunk ID at offset N: why", naming chunk pos of image im, into err. */
+void node__disk_chunk_errf(char err[NODE_ERRMSG], const cs_image *im, uint64_t pos,
+                           const char *why);
+/* cs_image_export_fd of a VM's disk image to fd; a damaged or missing chunk is named in err
+ * (other failures leave err to the caller). */
+int node__export_disk(cs_store *st, const cs_image *im, int fd, cs_progress_fn progress, void *arg,
+                      char err[NODE_ERRMSG]);
+
+/* An unsigned integer of n bytes (1..8) as file and wire formats store it: big-endian (QEMU's
+ * stream, NBD) or little-endian (cloudlet's own formats). */
+static inline uint64_t node__get_be(const uint8_t *p, unsigned n)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++) v = v << 8 | p[i];
+    return v;
+}
+
+static inline void node__put_be(uint8_t *p, uint64_t v, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+}
+
+static inline uint64_t node__get_le(const uint8_t *p, unsigned n)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static inline void node__put_le(uint8_t *p, uint64_t v, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
 /* The monotonic clock in seconds, for the stage times reports give. */
 double node__now_s(void);
 

@@ -944,6 +944,23 @@ static uint64_t memory_bytes(const cs_manifest *m)
     return n;
 }
 
+/* disk.raw: the whole disk image written before the restore. */
+static int write_raw_disk(cs_store *st, const cs_image *dimg, const char *path,
+                          cs_progress_fn progress, void *arg, char err[NODE_ERRMSG])
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int rc = -errno;
+        node__errf(err, "cannot create %s: %s", path, strerror(errno));
+        return rc;
+    }
+    err[0] = '\0';
+    int rc = node__export_disk(st, dimg, fd, progress, arg, err);
+    if (close(fd) != 0 && rc == 0) rc = -errno;
+    if (rc && !err[0]) node__errf(err, "writing %s: %s", path, node_strerror(rc));
+    return rc;
+}
+
 /* Runs argv (a program on PATH) and waits for it; its output (the first bytes of it) goes
  * into err when it fails. */
 static int run_program(char *const argv[], char err[NODE_ERRMSG])
@@ -1076,10 +1093,8 @@ static int complete_disk(cs_store *st, const cs_image *dimg, virDomainPtr dom, c
         return rc;
     }
     if (rc) {
-        char hex[CS_ID_HEX + 1];
-        node__errf(err, "disk chunk %s at offset %llu: %s", cs_id_to_hex(&dimg->chunks[bad], hex),
-                   (unsigned long long)bad * CS_CHUNK_SIZE,
-                   rc == CS_ENOTFOUND ? "the fetch ended without it" : cs_strerror(rc));
+        node__disk_chunk_errf(err, dimg, bad,
+                              rc == CS_ENOTFOUND ? "the fetch ended without it" : cs_strerror(rc));
         return rc;
     }
     if (virDomainBlockPull(dom, overlay, 0, 0) != 0) {
@@ -1212,7 +1227,6 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
     chmod(o->dir, 0711);
 
     double t1 = node__now_s();
-    int fd = -1;
     if (early) {
         node_nbd_owner owner;
         bool owned = qemu_owner(c, o->accel, &owner); /* (the same user for kvm and qemu) */
@@ -1220,40 +1234,18 @@ int node_vm_launch_local(cs_store *st, const cs_id *id, const node_launch_opts *
         if ((rc = node_nbd_start(st, dimg, nbd_sock, &nopts, &nbd, err)) ||
             (rc = make_overlay(disk, nbd_sock, dimg->length, err)))
             goto fail;
-        r->disk_s = node__now_s() - t1;
-        r->disk_bytes = dimg->length;
-        goto disk_ready;
-    }
-    fd = open(disk, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rc = -errno;
-        node__errf(err, "cannot create %s: %s", disk, strerror(errno));
-        goto fail;
-    }
-    uint64_t bad = 0;
-    rc = cs_image_export_fd(st, dimg, fd, progress, arg, &bad);
-    if (close(fd) != 0 && rc == 0) rc = -errno;
-    if (rc) {
-        char bh[CS_ID_HEX + 1];
-        if (rc == CS_ECORRUPT || rc == CS_ENOTFOUND)
-            node__errf(err, "disk chunk %s at offset %llu: %s",
-                       cs_id_to_hex(&dimg->chunks[bad], bh),
-                       (unsigned long long)bad * CS_CHUNK_SIZE,
-                       rc == CS_ENOTFOUND ? "not in the store" : cs_strerror(rc));
-        else
-            node__errf(err, "writing %s: %s", disk, node_strerror(rc));
+    } else if ((rc = write_raw_disk(st, dimg, disk, progress, arg, err))) {
         goto fail;
     }
     r->disk_s = node__now_s() - t1;
     r->disk_bytes = dimg->length;
 
-disk_ready:
     if (detecting) pthread_join(detect_th, NULL), detecting = false;
     r->accel = dj.accel;
     e.accel = dj.accel;
     free(xml), xml = NULL;
     if ((rc = node_vm_xml_rewrite(m->xml, &e, &xml, err))) goto fail;
-    fd = open(xml_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = open(xml_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0 || (rc = write_all(fd, xml)) != 0 || close(fd) != 0) {
         rc = rc ? rc : -errno;
         node__errf(err, "writing %s: %s", xml_path, strerror(-rc));

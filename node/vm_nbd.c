@@ -145,36 +145,6 @@ struct session {
     uint8_t status[20 + 4 + 8 * NBD__EXTENTS_MAX]; /* a BLOCK_STATUS reply: header, id, extents */
 };
 
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8), p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    put16(p, (uint16_t)(v >> 16)), put16(p + 2, (uint16_t)v);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)(v >> 32)), put32(p + 4, (uint32_t)v);
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)get16(p) << 16 | get16(p + 2);
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) << 32 | get32(p + 4);
-}
-
 static void count(uint64_t *counter, uint64_t n)
 {
     __atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
@@ -195,10 +165,10 @@ static int discard(struct session *s, uint64_t n)
 static int opt_reply(struct session *s, uint32_t opt, uint32_t type, const void *data, uint32_t len)
 {
     uint8_t h[20];
-    put64(h, NBD_REP_MAGIC);
-    put32(h + 8, opt);
-    put32(h + 12, type);
-    put32(h + 16, len);
+    node__put_be(h, NBD_REP_MAGIC, 8);
+    node__put_be(h + 8, opt, 4);
+    node__put_be(h + 12, type, 4);
+    node__put_be(h + 16, len, 4);
     int rc = s->io->send(s->io->arg, h, sizeof h);
     if (rc == 0 && len) rc = s->io->send(s->io->arg, data, len);
     return rc;
@@ -220,10 +190,10 @@ static bool export_name_ok(const uint8_t *name, size_t len)
 static int opt_info(struct session *s, uint32_t opt, uint32_t len, bool *go)
 {
     const uint8_t *d = s->opt;
-    if (len < 6 || get32(d) > len - 6)
+    if (len < 6 || node__get_be(d, 4) > len - 6)
         return opt_error(s, opt, NBD_REP_ERR_INVALID, "malformed export request");
-    uint32_t namelen = get32(d);
-    uint16_t nreq = get16(d + 4 + namelen);
+    uint32_t namelen = node__get_be(d, 4);
+    uint16_t nreq = node__get_be(d + 4 + namelen, 2);
     if (len != 6 + namelen + 2u * nreq)
         return opt_error(s, opt, NBD_REP_ERR_INVALID, "malformed export request");
     if (!export_name_ok(d + 4, namelen))
@@ -231,14 +201,14 @@ static int opt_info(struct session *s, uint32_t opt, uint32_t len, bool *go)
                          "no such export (it is \"" NODE_NBD_EXPORT "\")");
 
     uint8_t info[14];
-    put16(info, NBD_INFO_EXPORT);
-    put64(info + 2, s->io->size);
-    put16(info + 10, NBD_TRANSMISSION_FLAGS);
+    node__put_be(info, NBD_INFO_EXPORT, 2);
+    node__put_be(info + 2, s->io->size, 8);
+    node__put_be(info + 10, NBD_TRANSMISSION_FLAGS, 2);
     int rc = opt_reply(s, opt, NBD_REP_INFO, info, 12);
-    put16(info, NBD_INFO_BLOCK_SIZE);
-    put32(info + 2, 1);
-    put32(info + 6, CS_CHUNK_SIZE);
-    put32(info + 10, NBD__IO_MAX);
+    node__put_be(info, NBD_INFO_BLOCK_SIZE, 2);
+    node__put_be(info + 2, 1, 4);
+    node__put_be(info + 6, CS_CHUNK_SIZE, 4);
+    node__put_be(info + 10, NBD__IO_MAX, 4);
     if (rc == 0) rc = opt_reply(s, opt, NBD_REP_INFO, info, 14);
     if (rc == 0) rc = opt_reply(s, opt, NBD_REP_ACK, NULL, 0);
     *go = rc == 0 && opt == NBD_OPT_GO;
@@ -262,16 +232,16 @@ static int opt_meta(struct session *s, uint32_t opt, uint32_t len)
     if (set) s->allocation = false;
     if (!s->structured)
         return opt_error(s, opt, NBD_REP_ERR_INVALID, "meta contexts need structured replies");
-    if (len < 8 || get32(d) > len - 8)
+    if (len < 8 || node__get_be(d, 4) > len - 8)
         return opt_error(s, opt, NBD_REP_ERR_INVALID, "malformed meta context request");
-    uint32_t namelen = get32(d), nquery = get32(d + 4 + namelen);
+    uint32_t namelen = node__get_be(d, 4), nquery = node__get_be(d + 4 + namelen, 4);
     bool match = !set && nquery == 0;
     size_t at = 8 + (size_t)namelen; /* at <= len throughout */
     for (uint32_t i = 0; i < nquery; i++) {
-        if (len - at < 4 || get32(d + at) > len - at - 4)
+        if (len - at < 4 || node__get_be(d + at, 4) > len - at - 4)
             return opt_error(s, opt, NBD_REP_ERR_INVALID, "malformed meta context request");
         const uint8_t *q = d + at + 4;
-        uint32_t qlen = get32(d + at);
+        uint32_t qlen = node__get_be(d + at, 4);
         match |= string_is(q, qlen, NBD_META_ALLOCATION) || (!set && string_is(q, qlen, "base:"));
         at += 4 + (size_t)qlen;
     }
@@ -282,7 +252,7 @@ static int opt_meta(struct session *s, uint32_t opt, uint32_t len)
     int rc = 0;
     if (match) {
         uint8_t ctx[4 + sizeof NBD_META_ALLOCATION - 1];
-        put32(ctx, set ? NBD__CONTEXT_ID : 0);
+        node__put_be(ctx, set ? NBD__CONTEXT_ID : 0, 4);
         memcpy(ctx + 4, NBD_META_ALLOCATION, sizeof NBD_META_ALLOCATION - 1);
         rc = opt_reply(s, opt, NBD_REP_META_CONTEXT, ctx, sizeof ctx);
     }
@@ -297,21 +267,21 @@ static int handshake(struct session *s)
 {
     const node__nbd_io *io = s->io;
     uint8_t h[18];
-    put64(h, NBD_MAGIC);
-    put64(h + 8, NBD_IHAVEOPT);
-    put16(h + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    node__put_be(h, NBD_MAGIC, 8);
+    node__put_be(h + 8, NBD_IHAVEOPT, 8);
+    node__put_be(h + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES, 2);
     int rc = io->send(io->arg, h, 18);
     if (rc == 0) rc = io->recv(io->arg, h, 4);
     if (rc) return rc;
-    uint32_t cflags = get32(h);
+    uint32_t cflags = node__get_be(h, 4);
     if (cflags & ~(uint32_t)(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)) return -EPROTO;
     s->no_zeroes = cflags & NBD_FLAG_NO_ZEROES;
 
     for (;;) {
         uint8_t oh[16];
         if ((rc = io->recv(io->arg, oh, sizeof oh))) return rc;
-        if (get64(oh) != NBD_IHAVEOPT) return -EPROTO;
-        uint32_t opt = get32(oh + 8), len = get32(oh + 12);
+        if (node__get_be(oh, 8) != NBD_IHAVEOPT) return -EPROTO;
+        uint32_t opt = node__get_be(oh + 8, 4), len = node__get_be(oh + 12, 4);
         if (len > sizeof s->opt) {
             /* EXPORT_NAME has no error reply: the protocol says to close. */
             if (opt == NBD_OPT_EXPORT_NAME) return -EPROTO;
@@ -327,8 +297,8 @@ static int handshake(struct session *s)
         case NBD_OPT_EXPORT_NAME: {
             if (!export_name_ok(s->opt, len)) return -ENOENT;
             uint8_t e[10 + 124] = {0};
-            put64(e, io->size);
-            put16(e + 8, NBD_TRANSMISSION_FLAGS);
+            node__put_be(e, io->size, 8);
+            node__put_be(e + 8, NBD_TRANSMISSION_FLAGS, 2);
             rc = io->send(io->arg, e, s->no_zeroes ? 10 : sizeof e);
             return rc ? rc : 1;
         }
@@ -339,7 +309,7 @@ static int handshake(struct session *s)
                 break;
             }
             uint8_t srv[4 + sizeof NODE_NBD_EXPORT - 1];
-            put32(srv, sizeof NODE_NBD_EXPORT - 1);
+            node__put_be(srv, sizeof NODE_NBD_EXPORT - 1, 4);
             memcpy(srv + 4, NODE_NBD_EXPORT, sizeof NODE_NBD_EXPORT - 1);
             rc = opt_reply(s, opt, NBD_REP_SERVER, srv, sizeof srv);
             if (rc == 0) rc = opt_reply(s, opt, NBD_REP_ACK, NULL, 0);
@@ -369,11 +339,11 @@ static int handshake(struct session *s)
 static void chunk_header(uint8_t h[20], uint16_t flags, uint16_t type, const uint8_t cookie[8],
                          uint32_t len)
 {
-    put32(h, NBD_STRUCTURED_MAGIC);
-    put16(h + 4, flags);
-    put16(h + 6, type);
+    node__put_be(h, NBD_STRUCTURED_MAGIC, 4);
+    node__put_be(h + 4, flags, 2);
+    node__put_be(h + 6, type, 2);
     memcpy(h + 8, cookie, 8);
-    put32(h + 16, len);
+    node__put_be(h + 16, len, 4);
 }
 
 /* The whole answer to a request that carries no data back: a simple reply, or with structured
@@ -383,16 +353,16 @@ static int reply(struct session *s, uint32_t error, const uint8_t cookie[8])
     uint8_t r[20 + 6];
     size_t n = 16;
     if (!s->structured) {
-        put32(r, NBD_SIMPLE_REPLY_MAGIC);
-        put32(r + 4, error);
+        node__put_be(r, NBD_SIMPLE_REPLY_MAGIC, 4);
+        node__put_be(r + 4, error, 4);
         memcpy(r + 8, cookie, 8);
     } else if (error == 0) {
         chunk_header(r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, 0);
         n = 20;
     } else {
         chunk_header(r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, cookie, 6);
-        put32(r + 20, error);
-        put16(r + 24, 0);
+        node__put_be(r + 20, error, 4);
+        node__put_be(r + 24, 0, 2);
         n = 26;
     }
     int rc = s->io->send(s->io->arg, r, n);
@@ -422,10 +392,10 @@ static int send_read_chunks(struct session *s, const uint8_t cookie[8], uint64_t
         uint32_t k = (uint32_t)extent_at(s, at, end - at, &hole);
         uint16_t flags = at + k == end ? NBD_REPLY_FLAG_DONE : 0;
         uint8_t h[20 + 12];
-        put64(h + 20, at);
+        node__put_be(h + 20, at, 8);
         if (hole) {
             chunk_header(h, flags, NBD_REPLY_TYPE_OFFSET_HOLE, cookie, 12);
-            put32(h + 28, k);
+            node__put_be(h + 28, k, 4);
             rc = s->io->send(s->io->arg, h, 32);
         } else {
             chunk_header(h, flags, NBD_REPLY_TYPE_OFFSET_DATA, cookie, 8 + k);
@@ -453,8 +423,8 @@ static int cmd_read(struct session *s, const uint8_t cookie[8], uint64_t off, ui
     if (s->structured) {
         rc = send_read_chunks(s, cookie, off, len, s->buf + 16);
     } else {
-        put32(s->buf, NBD_SIMPLE_REPLY_MAGIC);
-        put32(s->buf + 4, 0);
+        node__put_be(s->buf, NBD_SIMPLE_REPLY_MAGIC, 4);
+        node__put_be(s->buf + 4, 0, 4);
         memcpy(s->buf + 8, cookie, 8);
         rc = s->io->send(s->io->arg, s->buf, need);
         if (rc == 0) count(&s->stats->read_bytes, len);
@@ -476,12 +446,12 @@ static int cmd_block_status(struct session *s, const uint8_t cookie[8], uint16_t
     for (uint64_t at = off, end = off + len; at < end && n < max; n++, e += 8) {
         bool hole;
         uint32_t k = (uint32_t)extent_at(s, at, end - at, &hole);
-        put32(e, k);
-        put32(e + 4, hole ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0);
+        node__put_be(e, k, 4);
+        node__put_be(e + 4, hole ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0, 4);
         at += k;
     }
     chunk_header(s->status, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, cookie, 4 + 8 * n);
-    put32(s->status + 20, NBD__CONTEXT_ID);
+    node__put_be(s->status + 20, NBD__CONTEXT_ID, 4);
     int rc = s->io->send(s->io->arg, s->status, 24 + 8 * (size_t)n);
     if (rc == 0) count(&s->stats->requests, 1);
     return rc;
@@ -494,11 +464,11 @@ static int transmission(struct session *s)
         uint8_t q[28];
         int rc = s->io->recv(s->io->arg, q, sizeof q);
         if (rc) return rc;
-        if (get32(q) != NBD_REQUEST_MAGIC) return -EPROTO;
-        uint16_t flags = get16(q + 4), type = get16(q + 6);
+        if (node__get_be(q, 4) != NBD_REQUEST_MAGIC) return -EPROTO;
+        uint16_t flags = node__get_be(q + 4, 2), type = node__get_be(q + 6, 2);
         const uint8_t *cookie = q + 8;
-        uint64_t off = get64(q + 16);
-        uint32_t len = get32(q + 24);
+        uint64_t off = node__get_be(q + 16, 8);
+        uint32_t len = node__get_be(q + 24, 4);
         if (type == NBD_CMD_WRITE) {
             /* The payload follows whatever the answer: read it to stay in step. */
             if (len > NBD__IO_MAX) return -EPROTO;
@@ -675,10 +645,9 @@ static int get_chunks(struct conn *c, struct store_read *r, uint64_t pos, size_t
         rc = cs_get_arriving(s->st, &s->im->chunks[pos], n, out, &bad, stopping, s);
     }
     if (rc && rc != -ECANCELED) {
-        char hex[CS_ID_HEX + 1];
-        node_log(NODE_LOG_WARN, "nbd: disk chunk %s at offset %llu: %s",
-                 cs_id_to_hex(&s->im->chunks[pos + bad], hex),
-                 (unsigned long long)(pos + bad) * CS_CHUNK_SIZE, cs_strerror(rc));
+        char why[NODE_ERRMSG];
+        node__disk_chunk_errf(why, s->im, pos + bad, cs_strerror(rc));
+        node_log(NODE_LOG_WARN, "nbd: %s", why);
     }
     return rc;
 }

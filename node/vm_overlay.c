@@ -56,18 +56,6 @@
 enum { TAG_REF = 0, TAG_CHUNK = 1, TAG_DELTA = 2, TAG_PARENT = 3, TAG_SAME = 4 };
 enum { RUN_ZERO = 0, RUN_DATA = 1 };
 
-static uint64_t get_le(const uint8_t *p, unsigned n)
-{
-    uint64_t v = 0;
-    for (unsigned i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
-static void put_le(uint8_t *p, uint64_t v, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-
 /* ---- the manifest's two forms ----------------------------------------------------------------- */
 
 /* Walks a manifest encoding (docs/manifest.md) in its canonical form (32-byte ids in DATA runs)
@@ -138,18 +126,18 @@ static int manifest_walk(struct mwalk *w)
     if (!(p = mw_take(w, 6)) || memcmp(p, "CLMF", 4) != 0) return CS_EFORMAT;
     if (p[4] != 1) return CS_EVERSION;
     if ((p[5] & 1) && !mw_take(w, CS_ID_BYTES)) return CS_EFORMAT;
-    if (!(p = mw_take(w, 4)) || get_le(p, 4) > MF_XML_MAX || !mw_take(w, get_le(p, 4)))
+    if (!(p = mw_take(w, 4)) || node__get_le(p, 4) > MF_XML_MAX || !mw_take(w, node__get_le(p, 4)))
         return CS_EFORMAT;
-    if (!(p = mw_take(w, 4)) || get_le(p, 4) > MF_IMAGES_MAX) return CS_EFORMAT;
-    uint32_t nimages = (uint32_t)get_le(p, 4);
+    if (!(p = mw_take(w, 4)) || node__get_le(p, 4) > MF_IMAGES_MAX) return CS_EFORMAT;
+    uint32_t nimages = (uint32_t)node__get_le(p, 4);
     for (uint32_t i = 0; i < nimages; i++) {
         if (!(p = mw_take(w, 2)) || !mw_take(w, p[1]) || !mw_take(w, 8) || !(p = mw_take(w, 4)))
             return CS_EFORMAT;
-        uint64_t nruns = get_le(p, 4);
+        uint64_t nruns = node__get_le(p, 4);
         for (uint64_t r = 0; r < nruns; r++) {
             if (!(p = mw_take(w, 13)) || p[12] > RUN_DATA) return CS_EFORMAT;
             if (p[12] == RUN_ZERO) continue;
-            uint64_t start = get_le(p, 8), count = get_le(p + 8, 4);
+            uint64_t start = node__get_le(p, 8), count = node__get_le(p + 8, 4);
             if ((w->positions += count) > MAX_POSITIONS) return CS_EFORMAT;
             for (uint64_t c = 0; c < count; c++)
                 if ((rc = mw_position(w, i, start + c))) return rc;
@@ -262,7 +250,7 @@ int node__overlay_parse(const uint8_t *buf, size_t len, node__overlay_pkg *out, 
     }
     out->wlog = buf[6];
     memcpy(out->id.b, buf + 8, CS_ID_BYTES);
-    uint64_t mlen = get_le(buf + len - OV_TRAILER, 4);
+    uint64_t mlen = node__get_le(buf + len - OV_TRAILER, 4);
     if (mlen > len - OV_HDR - OV_TRAILER) {
         node__errf(err, "manifest length %llu runs past the start of the package",
                    (unsigned long long)mlen);
@@ -357,7 +345,7 @@ int node__overlay_stream_item(node__overlay_stream *s, bool delta, uint8_t chunk
     uint8_t l[2];
     int rc = stream_read(s, l, sizeof l, err);
     if (rc) return rc;
-    *zlen = (size_t)get_le(l, 2);
+    *zlen = (size_t)node__get_le(l, 2);
     if (*zlen == 0 || *zlen > DELTA_MAX) {
         node__errf(err, "a delta in the package's stream has a bad length %zu", *zlen);
         return CS_EFORMAT;
@@ -450,7 +438,7 @@ static void w_bytes(struct writer *w, const void *p, size_t len)
 static void w_le(struct writer *w, uint64_t v, unsigned n)
 {
     uint8_t b[8];
-    put_le(b, v, n);
+    node__put_le(b, v, n);
     w_bytes(w, b, n);
 }
 
@@ -590,7 +578,7 @@ static int emit(struct export *x, size_t k, const uint8_t *chunk, const uint8_t 
         uint8_t d[2 + NODE__DELTA_MAX];
         size_t dl = node__delta_if_smaller(x->dcctx, x->est, base, chunk, d + 2);
         if (dl) {
-            put_le(d, dl, 2);
+            node__put_le(d, dl, 2);
             x->isdelta[k] = 1;
             x->rep->delta_chunks++;
             x->rep->delta_bytes += dl;

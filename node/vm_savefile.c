@@ -66,29 +66,6 @@ typedef struct rd {
     char *err;
 } rd;
 
-static uint64_t get_be(const uint8_t *p, unsigned n)
-{
-    uint64_t v = 0;
-    for (unsigned i = 0; i < n; i++) v = v << 8 | p[i];
-    return v;
-}
-
-static uint64_t get_le(const uint8_t *p, unsigned n)
-{
-    uint64_t v = 0;
-    for (unsigned i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
-static void put_be(uint8_t *p, uint64_t v, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
-}
-
-static void put_le(uint8_t *p, uint64_t v, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
 
 /* Makes sure n more bytes are there; else the error names where the stream stops. */
 static int need(rd *r, size_t n, const char *what)
@@ -103,7 +80,7 @@ static int rd_be(rd *r, unsigned n, uint64_t *v, const char *what)
 {
     int rc = need(r, n, what);
     if (rc) return rc;
-    *v = get_be(r->b + r->off, n);
+    *v = node__get_be(r->b + r->off, n);
     r->off += n;
     return 0;
 }
@@ -210,7 +187,7 @@ static int parse_command(struct parse *p, size_t at)
     if (cmd == CMD_ADVISE && len == 16) {
         /* The OR of every block's page size: anything but 4 KiB means some block has huge
          * pages, whose page size the block list then carries for that block alone. */
-        if (get_be(r->b + r->off, 8) != PAGE) p->postcopy_huge = true;
+        if (node__get_be(r->b + r->off, 8) != PAGE) p->postcopy_huge = true;
     } else if (cmd != CMD_RETURN_PATH && cmd != CMD_PING && cmd != CMD_ADVISE) {
         node__errf(r->err, "migration command %llu at byte %zu is not supported (postcopy or COLO stream)",
                    (unsigned long long)cmd, at);
@@ -379,7 +356,7 @@ static int check_tail(struct parse *p, size_t from)
     /* The description is JSON (no NUL bytes) of well under 16 MiB: scan back for its frame. */
     if (end - from >= 8 && b[end - 1] == '}') {
         for (size_t i = end - 7;; i--) {
-            if (b[i] == SEC_EOF && b[i + 1] == SEC_VMDESC && get_be(b + i + 2, 4) == end - (i + 6) &&
+            if (b[i] == SEC_EOF && b[i + 1] == SEC_VMDESC && node__get_be(b + i + 2, 4) == end - (i + 6) &&
                 b[i + 6] == '{') {
                 p->info->vmdesc_len = end - (i + 6);
                 return 0;
@@ -498,11 +475,11 @@ int node__savefile_parse(const uint8_t *buf, size_t len, const node__savefile_vi
         node__errf(err, "not a libvirt save file (no %s magic at byte 0)", LV_MAGIC);
         return CS_EFORMAT;
     }
-    uint32_t version = (uint32_t)get_le(hdr + 16, 4);
-    info->data_len = (uint32_t)get_le(hdr + 20, 4);
-    info->was_running = (uint32_t)get_le(hdr + 24, 4);
-    uint32_t format = (uint32_t)get_le(hdr + 28, 4);
-    info->cookie_off = (uint32_t)get_le(hdr + 32, 4);
+    uint32_t version = (uint32_t)node__get_le(hdr + 16, 4);
+    info->data_len = (uint32_t)node__get_le(hdr + 20, 4);
+    info->was_running = (uint32_t)node__get_le(hdr + 24, 4);
+    uint32_t format = (uint32_t)node__get_le(hdr + 28, 4);
+    info->cookie_off = (uint32_t)node__get_le(hdr + 32, 4);
     if (version != LV_VERSION) {
         node__errf(err, "libvirt save file version %u at byte 16 is not supported (%u is)", version, LV_VERSION);
         return CS_EVERSION;
@@ -560,20 +537,20 @@ static size_t state_prefix_len(const node__savefile_info *in)
 static void state_prefix(const node__savefile_info *in, uint8_t *out)
 {
     memcpy(out, STATE_MAGIC, 4);
-    put_le(out + 4, STATE_VERSION, 4);
-    put_le(out + 8, LV_HDR, 4);
-    put_le(out + 12, in->data_len, 4);
-    put_le(out + 16, in->state_stream_len, 8);
-    put_le(out + 24, in->insert_at, 8);
-    put_le(out + 32, in->nblocks, 4);
-    put_le(out + 36, 0, 4);
+    node__put_le(out + 4, STATE_VERSION, 4);
+    node__put_le(out + 8, LV_HDR, 4);
+    node__put_le(out + 12, in->data_len, 4);
+    node__put_le(out + 16, in->state_stream_len, 8);
+    node__put_le(out + 24, in->insert_at, 8);
+    node__put_le(out + 32, in->nblocks, 4);
+    node__put_le(out + 36, 0, 4);
     uint8_t *q = out + STATE_HDR;
     for (size_t i = 0; i < in->nblocks; i++) {
         size_t n = strlen(in->blocks[i].name);
         *q++ = (uint8_t)n;
         memcpy(q, in->blocks[i].name, n);
         q += n;
-        put_le(q, in->blocks[i].length, 8);
+        node__put_le(q, in->blocks[i].length, 8);
         q += 8;
     }
     memcpy(q, in->header, LV_HDR);
@@ -591,13 +568,13 @@ static int state_decode(const uint8_t *b, size_t len, struct state *s, char err[
 {
     node__savefile_info *in = s->info;
     memset(in, 0, sizeof *in);
-    if (len < STATE_HDR || memcmp(b, STATE_MAGIC, 4) != 0 || get_le(b + 4, 4) != STATE_VERSION ||
-        get_le(b + 8, 4) != LV_HDR)
+    if (len < STATE_HDR || memcmp(b, STATE_MAGIC, 4) != 0 || node__get_le(b + 4, 4) != STATE_VERSION ||
+        node__get_le(b + 8, 4) != LV_HDR)
         goto bad;
-    in->data_len = (uint32_t)get_le(b + 12, 4);
-    s->stream_len = get_le(b + 16, 8);
-    s->insert_at = get_le(b + 24, 8);
-    uint64_t nblocks = get_le(b + 32, 4);
+    in->data_len = (uint32_t)node__get_le(b + 12, 4);
+    s->stream_len = node__get_le(b + 16, 8);
+    s->insert_at = node__get_le(b + 24, 8);
+    uint64_t nblocks = node__get_le(b + 32, 4);
     if (nblocks == 0 || nblocks > NODE__SAVEFILE_MAX_BLOCKS) goto bad;
     size_t off = STATE_HDR;
     for (uint64_t i = 0; i < nblocks; i++) {
@@ -606,7 +583,7 @@ static int state_decode(const uint8_t *b, size_t len, struct state *s, char err[
         memcpy(bl->name, b + off + 1, b[off]);
         bl->name[b[off]] = '\0';
         off += 1u + b[off];
-        bl->length = get_le(b + off, 8);
+        bl->length = node__get_le(b + off, 8);
         off += 8;
         if (bl->length == 0 || bl->length % PAGE) goto bad;
         in->ram_bytes += bl->length;
@@ -614,8 +591,8 @@ static int state_decode(const uint8_t *b, size_t len, struct state *s, char err[
     if (len - off < LV_HDR || len - off - LV_HDR < in->data_len) goto bad;
     memcpy(in->header, b + off, LV_HDR);
     off += LV_HDR;
-    uint32_t coff = (uint32_t)get_le(in->header + 32, 4);
-    if (get_le(in->header + 20, 4) != in->data_len || coff >= in->data_len || in->data_len == 0) goto bad;
+    uint32_t coff = (uint32_t)node__get_le(in->header + 32, 4);
+    if (node__get_le(in->header + 20, 4) != in->data_len || coff >= in->data_len || in->data_len == 0) goto bad;
     s->region = b + off;
     off += in->data_len;
     if (len - off != s->stream_len || s->insert_at < 8 || s->insert_at > s->stream_len) goto bad;
@@ -980,7 +957,7 @@ static int read_image(cs_store *st, const cs_image *im, uint8_t **out, char err[
  * libvirt leaves room when it saves). Sets the header's data_len and cookieOffset. */
 static uint8_t *new_region(const struct state *s, const char *xml, uint8_t hdr[LV_HDR], uint32_t *rlen)
 {
-    uint32_t dlen = s->info->data_len, coff = (uint32_t)get_le(hdr + 32, 4);
+    uint32_t dlen = s->info->data_len, coff = (uint32_t)node__get_le(hdr + 32, 4);
     const char *cookie = coff ? (const char *)s->region + coff : "";
     size_t clen = coff ? strnlen(cookie, dlen - coff) : 0;
     size_t xlen = strlen(xml) + 1, need = xlen + (clen ? clen + 1 : 0);
@@ -990,8 +967,8 @@ static uint8_t *new_region(const struct state *s, const char *xml, uint8_t hdr[L
     if (!r) return NULL;
     memcpy(r, xml, xlen);
     if (clen) memcpy(r + xlen, cookie, clen);
-    put_le(hdr + 20, nlen, 4);
-    put_le(hdr + 32, clen ? xlen : 0, 4);
+    node__put_le(hdr + 20, nlen, 4);
+    node__put_le(hdr + 32, clen ? xlen : 0, 4);
     *rlen = (uint32_t)nlen;
     return r;
 }
@@ -1054,7 +1031,7 @@ int node_savefile_write(cs_store *st, const cs_manifest *m, const char *xml, int
                 uint64_t c = first + k;
                 bool zero = cs_id_is_zero(&im->chunks[c]);
                 uint8_t rec[8 + 1 + 255];
-                put_be(rec, c * PAGE | (zero ? F_ZERO : F_PAGE) | (c ? F_CONTINUE : 0), 8);
+                node__put_be(rec, c * PAGE | (zero ? F_ZERO : F_PAGE) | (c ? F_CONTINUE : 0), 8);
                 size_t rl = 8;
                 if (c == 0) {
                     rec[8] = nlen;

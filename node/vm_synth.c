@@ -40,6 +40,24 @@ static int write_file(const char *dir, const char *name, int (*write)(int fd, vo
     return rc;
 }
 
+void node__disk_chunk_errf(char err[NODE_ERRMSG], const cs_image *im, uint64_t pos,
+                           const char *why)
+{
+    char hex[CS_ID_HEX + 1];
+    node__errf(err, "disk chunk %s at offset %llu: %s", cs_id_to_hex(&im->chunks[pos], hex),
+               (unsigned long long)pos * CS_CHUNK_SIZE, why);
+}
+
+int node__export_disk(cs_store *st, const cs_image *im, int fd, cs_progress_fn progress, void *arg,
+                      char err[NODE_ERRMSG])
+{
+    uint64_t bad = 0;
+    int rc = cs_image_export_fd(st, im, fd, progress, arg, &bad);
+    if (rc == CS_ECORRUPT || rc == CS_ENOTFOUND)
+        node__disk_chunk_errf(err, im, bad, rc == CS_ENOTFOUND ? "not in the store" : cs_strerror(rc));
+    return rc;
+}
+
 struct disk_job {
     cs_store *st;
     const cs_image *im;
@@ -51,15 +69,7 @@ struct disk_job {
 static int write_disk(int fd, void *arg)
 {
     struct disk_job *j = arg;
-    uint64_t bad = 0;
-    int rc = cs_image_export_fd(j->st, j->im, fd, j->progress, j->arg, &bad);
-    if (rc == CS_ECORRUPT || rc == CS_ENOTFOUND) {
-        char hex[CS_ID_HEX + 1];
-        node__errf(j->err, "disk chunk %s at offset %llu: %s", cs_id_to_hex(&j->im->chunks[bad], hex),
-             (unsigned long long)bad * CS_CHUNK_SIZE,
-             rc == CS_ENOTFOUND ? "not in the store" : cs_strerror(rc));
-    }
-    return rc;
+    return node__export_disk(j->st, j->im, fd, j->progress, j->arg, j->err);
 }
 
 struct memory_job {
